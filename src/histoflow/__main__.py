@@ -1,0 +1,5 @@
+import sys
+
+from histoflow.cli import main
+
+sys.exit(main())

@@ -1,0 +1,3 @@
+"""Captions: the morphology captioner and the caption text encoder."""
+
+__all__ = ["morphology", "text"]

@@ -1,0 +1,218 @@
+"""Typed parameters: ``params.yaml`` read once, at the edge, into frozen pydantic models.
+
+One model per section. Unknown keys and bad values fail before any work, with a message that
+names the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = [
+    "CaptionsConfig",
+    "ConfigError",
+    "DataConfig",
+    "EmbedConfig",
+    "EvaluateConfig",
+    "MonitorConfig",
+    "Params",
+    "RegistryConfig",
+    "TrainEncoderConfig",
+    "TrainFusionConfig",
+    "ValidateConfig",
+    "load_params",
+    "parse_params",
+]
+
+
+class ConfigError(ValueError):
+    """A params file that cannot be used; the message names the key and what is allowed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    root: Path = Path("data")
+    manifest: str = "manifest.csv"
+    classes: tuple[str, ...] | None = None
+    image_size: int = Field(64, ge=8, le=2048)
+    val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    split_seed: int = 42
+    group_columns: tuple[str, ...] = ("site", "magnification")
+
+    @model_validator(mode="after")
+    def _fractions_leave_train(self) -> DataConfig:
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError(
+                "val_fraction + test_fraction must be below 0.9 to leave a training split"
+            )
+        return self
+
+
+class ValidateConfig(_Section):
+    allowed_modes: tuple[Literal["RGB", "RGBA", "L", "I;16", "I", "F"], ...] = ("RGB",)
+    min_size: int = Field(16, ge=1)
+    max_size: int = Field(8192, ge=1)
+    min_per_class: int = Field(5, ge=1)
+
+
+class CaptionsConfig(_Section):
+    backend: Literal["morphology"] = "morphology"
+
+
+class TrainEncoderConfig(_Section):
+    backbone: str = "resnet18"
+    pretrained: bool = False
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    precision: Literal["auto", "bf16", "32"] = "auto"
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    num_workers: int = Field(0, ge=0)
+    seed: int = 42
+
+
+class EmbedConfig(_Section):
+    batch_size: int = Field(128, ge=1)
+    token_grid: int = Field(4, ge=1, le=16)
+    text_model: str = "all-MiniLM-L6-v2"
+    max_text_tokens: int = Field(64, ge=4, le=512)
+
+
+class TrainFusionConfig(_Section):
+    width: int = Field(128, ge=8)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    classifier_heads: int = Field(5, ge=1)
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, ge=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    patience: int = Field(10, ge=1)
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> TrainFusionConfig:
+        if self.width % self.heads:
+            raise ValueError(f"width ({self.width}) must be divisible by heads ({self.heads})")
+        return self
+
+
+class EvaluateConfig(_Section):
+    batch_size: int = Field(256, ge=1)
+
+
+class RegistryConfig(_Section):
+    model_name: str = Field("histoflow", min_length=1)
+    experiment: str = Field("histoflow", min_length=1)
+    metric: Literal["macro_recall", "balanced_accuracy", "accuracy", "macro_f1", "auroc"] = (
+        "macro_recall"
+    )
+    min_improvement: float = Field(0.0, ge=0)
+
+
+class MonitorConfig(_Section):
+    drift_share: float = Field(0.5, gt=0, le=1)
+    stattest_threshold: float = Field(0.05, gt=0, lt=1)
+
+
+class Params(_Section):
+    """All of ``params.yaml``; every section is required so a typo'd section name fails."""
+
+    data: DataConfig
+    validate_: ValidateConfig = Field(alias="validate")
+    captions: CaptionsConfig
+    train_encoder: TrainEncoderConfig
+    embed: EmbedConfig
+    train_fusion: TrainFusionConfig
+    evaluate: EvaluateConfig
+    registry: RegistryConfig
+    monitor: MonitorConfig
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @property
+    def validate(self) -> ValidateConfig:  # type: ignore[override]
+        return self.validate_
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate a parsed params mapping.
+
+    Args:
+        raw: The mapping loaded from YAML.
+        source: Name used in error messages.
+
+    Raises:
+        ConfigError: naming every bad key, with what is allowed.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, raw, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate ``params.yaml``.
+
+    Raises:
+        ConfigError: if the file is missing, is not YAML, or has an unknown key or bad value.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"{path}: params file not found; run from the project root or pass --params"
+        )
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_params(raw, str(path))
+
+
+def _describe(exc: ValidationError, raw: dict, source: str) -> str:
+    lines = [f"{source}: invalid parameters"]
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        key = ".".join(loc)
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(loc[:-1])
+            lines.append(f"  {key}: unknown key; allowed keys here: {', '.join(allowed)}")
+        elif err["type"] == "missing":
+            lines.append(f"  {key}: required section or key is missing")
+        else:
+            value = _lookup(raw, loc)
+            lines.append(f"  {key} = {value!r}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def _allowed_keys(parent: list[str]) -> list[str]:
+    model: type[BaseModel] = Params
+    for part in parent:
+        field = next((f for name, f in model.model_fields.items() if part in (name, f.alias)), None)
+        if field is None or not isinstance(field.annotation, type):
+            return []
+        model = field.annotation
+    return sorted(f.alias or name for name, f in model.model_fields.items())
+
+
+def _lookup(raw: Any, loc: list[str]) -> Any:
+    for part in loc:
+        if isinstance(raw, dict) and part in raw:
+            raw = raw[part]
+        elif isinstance(raw, list | tuple) and part.isdigit() and int(part) < len(raw):
+            raw = raw[int(part)]
+        else:
+            return None
+    return raw

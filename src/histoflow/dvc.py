@@ -1,0 +1,104 @@
+"""The one adapter to DVC: reading the pipeline's order and running its stages.
+
+Only this module shells out to ``dvc``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path, PurePosixPath
+
+import yaml
+
+__all__ = ["DvcError", "lock_hashes", "repro", "stage_order"]
+
+
+class DvcError(RuntimeError):
+    """A dvc command failed; the message carries its output."""
+
+
+def stage_order(root: Path) -> list[str]:
+    """Stage names of ``root/dvc.yaml`` in dependency order (ties keep file order)."""
+    stages = _stages(root)
+    outs = {
+        name: [
+            _path(o) for o in spec.get("outs", []) + spec.get("metrics", []) + spec.get("plots", [])
+        ]
+        for name, spec in stages.items()
+    }
+    needs = {
+        name: {
+            other
+            for dep in spec.get("deps", [])
+            for other, paths in outs.items()
+            if other != name and any(_overlaps(_path(dep), p) for p in paths)
+        }
+        for name, spec in stages.items()
+    }
+    order: list[str] = []
+    while len(order) < len(stages):
+        ready = [n for n in stages if n not in order and needs[n] <= set(order)]
+        if not ready:
+            raise DvcError(
+                f"dvc.yaml has a dependency cycle among {sorted(set(stages) - set(order))}"
+            )
+        order.append(ready[0])
+    return order
+
+
+def repro(stage: str, root: Path, *, force: bool = False) -> str:
+    """Run ``dvc repro --single-item STAGE`` in ``root``; DVC skips it when nothing changed.
+
+    Returns:
+        DVC's output.
+
+    Raises:
+        DvcError: with the stage's output when it fails.
+    """
+    if stage not in _stages(root):
+        raise DvcError(f"unknown stage {stage!r}; dvc.yaml defines {', '.join(_stages(root))}")
+    cmd = [_dvc(), "repro", "--single-item", stage] + (["--force"] if force else [])
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+    output = proc.stdout + proc.stderr
+    if proc.returncode:
+        raise DvcError(
+            f"`{' '.join(cmd[1:])}` failed (exit {proc.returncode}) in {root}:\n{output.strip()}"
+        )
+    return output
+
+
+def lock_hashes(root: Path) -> dict[str, str]:
+    """``path -> md5`` for every dependency and output recorded in ``dvc.lock``."""
+    lock = Path(root) / "dvc.lock"
+    if not lock.is_file():
+        return {}
+    hashes: dict[str, str] = {}
+    for spec in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).values():
+        for entry in spec.get("deps", []) + spec.get("outs", []):
+            if "md5" in entry:
+                hashes[entry["path"]] = entry["md5"]
+    return hashes
+
+
+def _stages(root: Path) -> dict[str, dict]:
+    path = Path(root) / "dvc.yaml"
+    if not path.is_file():
+        raise DvcError(f"{path} not found: run histoflow from the project root")
+    return (yaml.safe_load(path.read_text()) or {}).get("stages", {})
+
+
+def _path(entry: str | dict) -> PurePosixPath:
+    return PurePosixPath(next(iter(entry)) if isinstance(entry, dict) else entry)
+
+
+def _overlaps(a: PurePosixPath, b: PurePosixPath) -> bool:
+    return a == b or a in b.parents or b in a.parents
+
+
+def _dvc() -> str:
+    # Prefer the dvc installed beside this interpreter (the project's .venv).
+    local = Path(sys.executable).with_name("dvc")
+    return str(local) if local.exists() else "dvc"

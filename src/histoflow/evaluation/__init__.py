@@ -1,0 +1,3 @@
+"""Evaluation: classification metrics and plots."""
+
+__all__ = ["metrics", "plots"]

@@ -1,0 +1,112 @@
+"""The inference path shared by ``embed``, ``evaluate``, ``predict`` and the registered model.
+
+image -> (caption -> text tokens) + (encoder -> image tokens) -> fusion -> class probabilities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from histoflow.captions.morphology import MorphologyCaptioner
+from histoflow.captions.text import TextEncoder
+from histoflow.data.dataset import create_transform
+from histoflow.device import autocast, pick_device, use_bf16
+from histoflow.models.checkpoint import load_encoder, load_fusion
+from histoflow.models.encoder import encode_images
+from histoflow.models.fusion import FusionNet, head_disagreement
+
+__all__ = ["ImageEmbedder", "Predictor", "fuse"]
+
+
+class ImageEmbedder:
+    """A trained encoder on the best device, bf16 autocast and channels_last where they pay off."""
+
+    def __init__(
+        self, model_dir: Path, grid: int, *, accelerator: str = "auto", precision: str = "auto"
+    ):
+        self.encoder, self.meta = load_encoder(model_dir)
+        self.device = pick_device(accelerator)
+        self.bf16 = use_bf16(self.device, precision)
+        self.encoder = self.encoder.to(self.device, memory_format=torch.channels_last)
+        self.grid = grid
+        self.transform = create_transform(self.meta["image_size"], train=False)
+
+    @torch.inference_mode()
+    def embed_tensor(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, S, S) normalised images -> pooled (B, D) and tokens (B, grid^2, D), float32 on CPU."""
+        images = images.to(self.device, non_blocking=True).contiguous(
+            memory_format=torch.channels_last
+        )
+        with autocast(self.device, self.bf16):
+            pooled, tokens = encode_images(self.encoder, images, self.grid)
+        return pooled.float().cpu(), tokens.float().cpu()
+
+    def embed_images(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.embed_tensor(torch.stack([self.transform(im) for im in images]))
+
+
+@torch.inference_mode()
+def fuse(
+    net: FusionNet,
+    image_tokens: torch.Tensor,
+    text_tokens: torch.Tensor,
+    text_mask: torch.Tensor,
+    batch_size: int = 256,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities (N, C), averaged over heads, and head disagreement (N,)."""
+    probs, unc = [], []
+    for s in range(0, len(image_tokens), batch_size):
+        head_probs = net(
+            image_tokens[s : s + batch_size].float(),
+            text_tokens[s : s + batch_size].float(),
+            text_mask[s : s + batch_size],
+        ).softmax(-1)  # (B, K, C)
+        probs.append(head_probs.mean(1))
+        unc.append(head_disagreement(head_probs))
+    if not probs:
+        return np.zeros((0, net.cfg.num_classes), np.float32), np.zeros(0, np.float32)
+    return torch.cat(probs).numpy(), torch.cat(unc).numpy()
+
+
+@dataclass
+class Predictor:
+    """Everything needed to classify raw images; built from the two trained model folders."""
+
+    embedder: ImageEmbedder
+    fusion: FusionNet
+    text: TextEncoder
+    captioner: MorphologyCaptioner
+    classes: list[str]
+
+    @classmethod
+    def from_folders(
+        cls, encoder_dir: Path, fusion_dir: Path, *, accelerator: str = "auto"
+    ) -> Predictor:
+        fusion, meta = load_fusion(fusion_dir)
+        embedder = ImageEmbedder(encoder_dir, meta["token_grid"], accelerator=accelerator)
+        text = TextEncoder(meta["text_model"], meta["max_text_tokens"])
+        return cls(embedder, fusion, text, MorphologyCaptioner(), list(meta["classes"]))
+
+    def predict(self, images: Sequence[Image.Image], batch_size: int = 64) -> pd.DataFrame:
+        """One row per image: ``label``, ``confidence``, ``uncertainty``, ``prob_<class>``, ``caption``."""
+        frames = []
+        for s in range(0, len(images), batch_size):
+            batch = list(images[s : s + batch_size])
+            captions = [self.captioner(im) for im in batch]
+            text = self.text.encode(captions)
+            _, tokens = self.embedder.embed_images(batch)
+            probs, unc = fuse(self.fusion, tokens, text.tokens, text.mask)
+            frame = pd.DataFrame(probs, columns=[f"prob_{c}" for c in self.classes])
+            frame.insert(0, "label", [self.classes[i] for i in probs.argmax(1)])
+            frame.insert(1, "confidence", probs.max(1))
+            frame.insert(2, "uncertainty", unc)
+            frame["caption"] = captions
+            frames.append(frame)
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

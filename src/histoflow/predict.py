@@ -1,0 +1,67 @@
+"""Classify image files with a registered model."""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from histoflow.data.sources import IMAGE_SUFFIXES
+
+__all__ = ["collect_images", "predict_paths"]
+
+
+def collect_images(paths: Iterable[Path | str]) -> list[Path]:
+    """Image files named directly, found under folders, or matched by globs; sorted, unique.
+
+    Raises:
+        FileNotFoundError: a path that does not exist, or no images at all.
+    """
+    found: set[Path] = set()
+    for raw in paths:
+        path = Path(raw)
+        matches = (
+            [Path(m) for m in glob.glob(str(path), recursive=True)]
+            if glob.has_magic(str(path))
+            else [path]
+        )
+        if not matches or not all(m.exists() for m in matches):
+            raise FileNotFoundError(f"{path} does not exist")
+        for match in matches:
+            if match.is_dir():
+                found.update(
+                    f
+                    for f in match.rglob("*")
+                    if f.is_file()
+                    and f.suffix.lower() in IMAGE_SUFFIXES
+                    and not any(p.startswith(".") for p in f.relative_to(match).parts)
+                )
+            else:
+                found.add(match)
+    if not found:
+        names = ", ".join(str(p) for p in paths)
+        raise FileNotFoundError(
+            f"no images found in {names} (looked for {', '.join(sorted(IMAGE_SUFFIXES))} files)"
+        )
+    return sorted(found)
+
+
+def predict_paths(
+    paths: Iterable[Path | str], *, model_uri: str, root: Path, batch_size: int = 64
+) -> pd.DataFrame:
+    """Predictions for every image under ``paths``: one row per file with ``path`` first."""
+    from histoflow.registry import load_model
+    from histoflow.registry.pyfunc import encode_image_file
+
+    files = collect_images(paths)
+    model = load_model(model_uri, root)
+    frames = []
+    for s in tqdm(range(0, len(files), batch_size), desc="predict", unit="batch"):
+        batch = files[s : s + batch_size]
+        frame = model.predict(pd.DataFrame({"image": [encode_image_file(f) for f in batch]}))
+        frame.insert(0, "path", [str(f) for f in batch])
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)

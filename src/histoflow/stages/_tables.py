@@ -1,0 +1,28 @@
+"""Reading the tables that stages pass to each other."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+__all__ = ["class_names", "read_manifest"]
+
+
+def read_manifest(path: Path) -> pd.DataFrame:
+    """The validated manifest written by ``validate``."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"{path} not found: run `histoflow stage validate` (or `dvc repro`) first"
+        )
+    return pd.read_csv(
+        path,
+        dtype={"path": str, "label": str, "split": str, "patient_id": str, "sha256": str},
+        keep_default_na=False,
+        na_values=[""],
+    )
+
+
+def class_names(manifest: pd.DataFrame) -> list[str]:
+    """Sorted class names; their order defines the label indices everywhere."""
+    return sorted(manifest["label"].unique())
