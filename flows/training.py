@@ -22,7 +22,8 @@ from histoflow.stages._tables import read_manifest
 def dvc_stage(stage: str, root: str, force: bool = False) -> str:
     """Run one DVC stage; DVC skips it when its deps and params are unchanged."""
     output = dvc.repro(stage, Path(root), force=force)
-    get_run_logger().info(output.strip() or f"{stage}: up to date")
+    ran = stage in dvc.ran_stages(output)
+    get_run_logger().info(f"{stage}: {'ran' if ran else 'up to date, skipped by DVC'}")
     return output
 
 

@@ -111,7 +111,7 @@ def _stage(args: argparse.Namespace) -> None:
 
 def _run(args: argparse.Namespace) -> None:
     flows = _load_flows("training")
-    result = flows.training(root=str(Path.cwd()), params_file=str(args.params), force=args.force)
+    result = flows.training(root=str(Path.cwd()), force=args.force)
     print(json.dumps(result, indent=2, default=str))
 
 

@@ -121,7 +121,7 @@ class RegistryConfig(_Section):
 
 
 class MonitorConfig(_Section):
-    drift_share: float = Field(0.5, gt=0, le=1)
+    drift_share: float = Field(0.3, gt=0, le=1)
     stattest_threshold: float = Field(0.05, gt=0, lt=1)
 
 

@@ -6,13 +6,14 @@ Only this module shells out to ``dvc``.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path, PurePosixPath
 
 import yaml
 
-__all__ = ["DvcError", "lock_hashes", "repro", "stage_order"]
+__all__ = ["DvcError", "lock_hashes", "ran_stages", "repro", "stage_order"]
 
 
 class DvcError(RuntimeError):
@@ -48,8 +49,14 @@ def stage_order(root: Path) -> list[str]:
     return order
 
 
-def repro(stage: str, root: Path, *, force: bool = False) -> str:
+def repro(stage: str, root: Path, *, force: bool = False, echo: bool = True) -> str:
     """Run ``dvc repro --single-item STAGE`` in ``root``; DVC skips it when nothing changed.
+
+    Args:
+        stage: a stage name from ``dvc.yaml``.
+        root: the project folder.
+        force: run even if DVC finds the stage up to date.
+        echo: stream DVC's output (the stage's progress) to stderr as it comes.
 
     Returns:
         DVC's output.
@@ -61,13 +68,32 @@ def repro(stage: str, root: Path, *, force: bool = False) -> str:
         raise DvcError(f"unknown stage {stage!r}; dvc.yaml defines {', '.join(_stages(root))}")
     cmd = [_dvc(), "repro", "--single-item", stage] + (["--force"] if force else [])
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
-    output = proc.stdout + proc.stderr
+    lines: list[str] = []
+    with subprocess.Popen(
+        cmd,
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+    ) as proc:
+        for line in proc.stdout:
+            lines.append(line)
+            if echo:
+                sys.stderr.write(line)
+    output = "".join(lines)
     if proc.returncode:
+        tail = "".join(lines[-40:]).strip()
         raise DvcError(
-            f"`{' '.join(cmd[1:])}` failed (exit {proc.returncode}) in {root}:\n{output.strip()}"
+            f"`dvc {' '.join(cmd[1:])}` failed (exit {proc.returncode}) in {root}:\n{tail}"
         )
     return output
+
+
+def ran_stages(output: str) -> list[str]:
+    """Names of the stages that DVC's output says it ran."""
+    return re.findall(r"Running stage '([^']+)'", output)
 
 
 def lock_hashes(root: Path) -> dict[str, str]:

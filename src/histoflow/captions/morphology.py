@@ -13,7 +13,7 @@ Each image takes one of three routes, in this order:
    or only nuclei is not split in two. Touching nuclei are not separated (watershed splitting
    cut elongated nuclei into pieces and cost more than the rest together); crowding shows up
    as larger, more variable, less solid nuclei. Nuclear density is per 10,000 px^2 of
-   *tissue*, not of the tile.
+   the tile, so that mostly empty tiles (fat, mucus) read as sparsely cellular.
 
 Words come from fixed thresholds (below) on the measured numbers, tuned for tiles where a
 nucleus spans roughly 3-15 px, so the same image always gives the same caption; the numbers in
@@ -44,7 +44,7 @@ MEASUREMENTS: tuple[str, ...] = (
     "saturation",
     "texture",  # mean absolute luminance difference between 4-neighbours, 0-1
     "nuclei_count",
-    "nuclei_density",  # per 10,000 px^2 of tissue
+    "nuclei_density",  # per 10,000 px^2 of tile
     "nuclear_fraction",  # nuclear area / tissue area
     "nuclear_area_mean",  # px^2
     "nuclear_area_cv",
@@ -160,7 +160,9 @@ def _he_measurements(rgb: np.ndarray, tissue: np.ndarray) -> dict[str, float]:
     filled = ndimage.binary_fill_holes(tissue)
     out = {
         "nuclei_count": float(keep.size),
-        "nuclei_density": keep.size / tissue_area * 1e4,
+        # Per tile area, not tissue area: a fat tile with a few nuclei on thin membranes is
+        # sparsely cellular, however dense those membranes look on their own.
+        "nuclei_density": keep.size / tissue.size * 1e4,
         "nuclear_fraction": float(nuclei.sum()) / tissue_area,
         "hematoxylin_mean": float(h[tissue].mean()),
         "eosin_mean": float(e[tissue].mean()),

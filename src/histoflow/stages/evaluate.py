@@ -58,9 +58,10 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     metrics = classification_metrics(y_true, probs, classes)
 
     groups = [g for g in cfg.data.group_columns if g in table]
+    correct = probs.argmax(1) == y_true
     metrics["by_group"] = {
         g: {
-            str(v): classification_metrics(y_true[m], probs[m], classes)["accuracy"]
+            str(v): {"accuracy": float(correct[m].mean()), "n": int(m.sum())}
             for v, m in (
                 (v, (table[g] == v).to_numpy()) for v in sorted(table[g].dropna().unique())
             )

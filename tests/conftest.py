@@ -1,0 +1,142 @@
+"""Shared fixtures: tiny synthetic data, tiny params, and a trained tiny project.
+
+Everything here is made by the tests themselves (no downloads, no ../shared data): a few
+dozen 32 px tiles and models small enough to train in seconds on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from histoflow.config import Params, parse_params
+from histoflow.data.synthetic import generate
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = str(Path(sys.executable).parent)
+
+# Overrides that shrink the default pipeline to a few seconds per stage.
+TINY = {
+    "data": {"image_size": 32, "val_fraction": 0.25, "test_fraction": 0.25},
+    "validate": {"min_per_class": 3},
+    "train_encoder": {"backbone": "test_resnet", "epochs": 3, "batch_size": 16, "lr": 0.005},
+    "embed": {"batch_size": 64, "token_grid": 2, "max_text_tokens": 32},
+    "train_fusion": {
+        "width": 32,
+        "layers": 1,
+        "heads": 2,
+        "classifier_heads": 3,
+        "epochs": 12,
+        "batch_size": 16,
+        "patience": 6,
+        "lr": 0.003,
+    },
+    "evaluate": {"batch_size": 64},
+}
+TINY_DATA = {"classes": 3, "per_class": 16, "size": 32, "seed": 0, "patients_per_class": 8}
+
+
+def tiny_params_dict(**overrides: dict) -> dict:
+    """The repository's params.yaml with the tiny overrides (and any more) applied."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section, values in [*TINY.items(), *overrides.items()]:
+        raw[section] = {**raw[section], **copy.deepcopy(values)}
+    return raw
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _offline_environment(tmp_path_factory):
+    """Keep tests off the network and out of the developer's own stores."""
+    os.environ["DVC_NO_ANALYTICS"] = "1"
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ["PATH"] = (
+        BIN + os.pathsep + os.environ["PATH"]
+    )  # `histoflow`, `dvc` for dvc.yaml cmds
+
+
+@pytest.fixture(scope="session")
+def tiny_params() -> Params:
+    return parse_params(tiny_params_dict())
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A 3-class, 48-tile synthetic dataset (read-only: copy before changing it)."""
+    out = tmp_path_factory.mktemp("tiny") / "data"
+    generate(out, **TINY_DATA)
+    return out
+
+
+def make_project(root: Path, data: Path, params: dict | None = None) -> Path:
+    """A fresh git + DVC project at ``root`` with this repository's pipeline and ``data``."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", "flows"):
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / name)
+    # dvc.yaml lists source files as deps; the copies make code changes visible to DVC.
+    shutil.copytree(
+        REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+    )
+    shutil.copytree(data, root / "data")
+    (root / "params.yaml").write_text(yaml.safe_dump(params or tiny_params_dict(), sort_keys=False))
+    (root / ".gitignore").write_text("/data\n/mlruns\n/.prefect\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run([f"{BIN}/dvc", "init", "-q"], cwd=root, check=True)
+    subprocess.run([f"{BIN}/dvc", "config", "core.analytics", "false"], cwd=root, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+    subprocess.run([*git, "commit", "-qm", "project"], cwd=root, check=True)
+    return root
+
+
+def dvc(root: Path, *args: str) -> str:
+    """Run dvc in ``root``; fail the test with its output if it fails."""
+    proc = subprocess.run([f"{BIN}/dvc", *args], cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 0, f"dvc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="session")
+def reproduced_project(tmp_path_factory, tiny_data) -> Path:
+    """A project whose whole pipeline has run once with real `dvc repro` (do not modify)."""
+    root = make_project(tmp_path_factory.mktemp("repro") / "project", tiny_data)
+    dvc(root, "repro")
+    return root
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """Prefect's own test harness: a temporary local API and database for the session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def load_flow_module(name: str):
+    """Import ``flows/NAME.py`` from this repository."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"flows_{name}", REPO / "flows" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory, reproduced_project, prefect_harness) -> Path:
+    """A copy of the reproduced project after one training flow run: champion = v1."""
+    root = tmp_path_factory.mktemp("trained") / "project"
+    shutil.copytree(reproduced_project, root, symlinks=True)
+    load_flow_module("training").training(root=str(root))
+    return root

@@ -1,0 +1,90 @@
+"""Reading image folders and CSV manifests, and assigning patient-grouped splits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from histoflow.data.sources import DataError, assign_splits, read_source
+
+
+def _image(path, value=128):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(path)
+
+
+def test_class_folder_layout_with_awkward_names(tmp_path):
+    _image(tmp_path / "glioma" / "gg (10).jpg")
+    _image(tmp_path / "glioma" / "ünï code.png")
+    _image(tmp_path / "no_tumor" / "a.png")
+    (tmp_path / "no_tumor" / "notes.txt").write_text("not an image")
+    _image(tmp_path / "no_tumor" / ".hidden" / "x.png")
+    table = read_source(tmp_path)
+    assert table["path"].tolist() == ["glioma/gg (10).jpg", "glioma/ünï code.png", "no_tumor/a.png"]
+    assert table["label"].tolist() == ["glioma", "glioma", "no_tumor"]
+    assert (table["split"] == "").all()
+    assert table["patient_id"].nunique() == 3  # no patient ids: each image stands alone
+
+
+def test_split_folder_layout_gets_val_carved_from_train(tmp_path):
+    for i in range(10):
+        _image(tmp_path / "Training" / "a" / f"{i}.png")
+        _image(tmp_path / "Training" / "b" / f"{i}.png")
+    _image(tmp_path / "Testing" / "a" / "t.png")
+    _image(tmp_path / "Testing" / "b" / "t.png")
+    table = read_source(tmp_path)
+    assert set(table["split"]) == {"train", "test"}
+    split = assign_splits(table, val_fraction=0.2, test_fraction=0.2, seed=0)
+    assert set(split["split"]) == {"train", "val", "test"}
+    assert (split.loc[table["split"] == "test", "split"] == "test").all()
+
+
+def test_csv_manifest_paths_relative_to_csv(tmp_path):
+    _image(tmp_path / "imgs" / "x.png")
+    _image(tmp_path / "imgs" / "y.png")
+    pd.DataFrame(
+        {
+            "path": ["imgs/x.png", "imgs/y.png"],
+            "label": ["a", "b"],
+            "patient_id": ["p1", "p2"],
+            "site": ["s1", "s2"],
+        }
+    ).to_csv(tmp_path / "manifest.csv", index=False)
+    table = read_source(tmp_path)
+    assert table["patient_id"].tolist() == ["p1", "p2"]
+    assert table["site"].tolist() == ["s1", "s2"]
+
+
+def test_csv_manifest_without_label_column(tmp_path):
+    (tmp_path / "manifest.csv").write_text("path,class\nx.png,a\n")
+    with pytest.raises(DataError, match=r"missing column\(s\) \['label'\]"):
+        read_source(tmp_path)
+
+
+def test_missing_and_empty_folders_say_what_to_do(tmp_path):
+    with pytest.raises(DataError, match="does not exist.*histoflow data synth"):
+        read_source(tmp_path / "nope")
+    with pytest.raises(DataError, match="holds no images.*histoflow data synth"):
+        read_source(tmp_path)
+
+
+def test_assigned_splits_are_grouped_stratified_and_deterministic(tiny_data):
+    table = read_source(tiny_data)
+    a = assign_splits(table, val_fraction=0.25, test_fraction=0.25, seed=3)
+    b = assign_splits(table, val_fraction=0.25, test_fraction=0.25, seed=3)
+    pd.testing.assert_frame_equal(a, b)
+    assert (a.groupby("patient_id")["split"].nunique() == 1).all()
+    for label, rows in a.groupby("label"):
+        assert set(rows["split"]) == {"train", "val", "test"}, label
+    c = assign_splits(table, val_fraction=0.25, test_fraction=0.25, seed=4)
+    assert not a["split"].equals(c["split"])
+
+
+def test_partially_filled_split_column_is_an_error(tmp_path):
+    table = pd.DataFrame(
+        {"path": ["a", "b"], "label": ["x", "y"], "split": ["train", ""], "patient_id": ["1", "2"]}
+    )
+    with pytest.raises(DataError, match="filled for some rows"):
+        assign_splits(table, val_fraction=0.1, test_fraction=0.2, seed=0)

@@ -1,0 +1,64 @@
+"""The training flow under Prefect's test harness, registering in a SQLite MLflow."""
+
+from __future__ import annotations
+
+import shutil
+
+import mlflow
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import load_flow_module
+from histoflow.registry import tracking_uri
+
+
+def _client(root) -> MlflowClient:
+    mlflow.set_tracking_uri(tracking_uri(root))
+    return MlflowClient()
+
+
+def test_first_run_registers_champion(trained_project):
+    client = _client(trained_project)
+    champion = client.get_model_version_by_alias("histoflow", "champion")
+    challenger = client.get_model_version_by_alias("histoflow", "challenger")
+    assert str(champion.version) == str(challenger.version) == "1"
+    assert champion.tags["promotion.decision"] == "promoted"
+    run = client.get_run(champion.run_id)
+    assert {"macro_recall", "accuracy", "auroc"} <= set(run.data.metrics)
+    assert run.data.params["train_fusion.width"] == "32"
+    assert run.data.tags["git_commit"]
+    assert any(tag.startswith("dvc.md5.outputs/train_fusion/model") for tag in run.data.tags)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"params.yaml", "dvc.lock", "metrics", "plots"} <= artifacts
+    assert (trained_project / "mlruns" / "mlflow.db").is_file()
+
+
+def test_worse_model_does_not_take_champion(tmp_path, trained_project, prefect_harness):
+    root = tmp_path / "project"
+    shutil.copytree(trained_project, root, symlinks=True)
+    # The copied SQLite store records absolute artifact paths of the original; that is fine:
+    # they still exist, and new runs write under the copy's own mlruns/.
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train_fusion"].update(lr=0.0, epochs=1, patience=1)  # an untrained fusion model
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = load_flow_module("training").training(root=str(root))
+
+    assert result["version"] == "2" and result["promoted"] is False
+    assert result["challenger_value"] < result["champion_value"]
+    client = _client(root)
+    assert str(client.get_model_version_by_alias("histoflow", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias("histoflow", "challenger").version) == "2"
+    assert "does not beat" in client.get_model_version("histoflow", "2").tags["promotion.reason"]
+
+
+def test_bad_params_fail_before_any_stage_runs(tmp_path, trained_project, prefect_harness):
+    root = tmp_path / "project"
+    shutil.copytree(trained_project, root, symlinks=True)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train_fusion"]["layerz"] = 3
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    lock_before = (root / "dvc.lock").read_text()
+    with pytest.raises(Exception, match="train_fusion.layerz: unknown key"):
+        load_flow_module("training").training(root=str(root))
+    assert (root / "dvc.lock").read_text() == lock_before
