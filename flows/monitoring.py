@@ -19,7 +19,7 @@ from histoflow.io import atomic_path
 from histoflow.monitoring import drift_report
 from histoflow.predict import collect_images, predict_paths
 from histoflow.registry import load_model
-from histoflow.stages._tables import read_manifest
+from histoflow.stages._tables import VALIDATED_MANIFEST, read_manifest
 
 
 @task(cache_policy=NO_CACHE)
@@ -29,7 +29,7 @@ def batch_features(files: list[Path]) -> pd.DataFrame:
 
 @task(cache_policy=NO_CACHE)
 def reference_features(root: Path) -> pd.DataFrame:
-    manifest = read_manifest(root / "outputs/validate/manifest.csv")
+    manifest = read_manifest(root / VALIDATED_MANIFEST)
     return manifest[manifest["split"] == "train"]
 
 

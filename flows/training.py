@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from histoflow import dvc, registry
 from histoflow.config import load_params
-from histoflow.stages._tables import read_manifest
+from histoflow.stages._tables import VALIDATED_MANIFEST, read_manifest
 
 
 @task(retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -37,7 +37,7 @@ def register(root: str) -> dict:
         k: float(v) for k, v in evaluation.items() if isinstance(v, int | float) and v is not None
     }
     metrics.update({f"recall.{c}": v for c, v in evaluation["per_class_recall"].items()})
-    manifest = read_manifest(base / "outputs/validate/manifest.csv")
+    manifest = read_manifest(base / VALIDATED_MANIFEST)
     example = base / params.data.root / manifest.loc[manifest["split"] == "test", "path"].iloc[0]
     tags = {"git_commit": registry.git_commit(base)}
     tags.update({f"dvc.md5.{path}": md5 for path, md5 in dvc.lock_hashes(base).items()})

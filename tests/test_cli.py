@@ -84,3 +84,22 @@ def test_predict_with_the_champion(trained_project, tiny_data, monkeypatch, tmp_
     # The champion beats chance on the classes it was trained on.
     truth = table["path"].str.contains("stroma").map({True: "stroma", False: "adipose"})
     assert (table["label"] == truth).mean() > 0.5
+
+
+def test_data_import_folder_then_validate_layout(tmp_path, tiny_data):
+    from histoflow.data.sources import read_source
+
+    src = tmp_path / "src"
+    for label in ("adipose", "stroma"):
+        (src / "Training" / label).mkdir(parents=True)
+        for f in sorted((tiny_data / label).glob("*.png"))[:4]:
+            (src / "Training" / label / f"{f.stem} (1).png").write_bytes(f.read_bytes())
+    assert main(["data", "import", "folder", str(src), "--out", str(tmp_path / "data")]) == 0
+    table = read_source(tmp_path / "data")
+    assert len(table) == 8 and set(table["split"]) == {"train"}
+    assert table["path"].str.contains(r" \(1\)\.png").all()
+
+
+def test_data_import_unknown_format(tmp_path, capsys):
+    assert main(["data", "import", "dicom", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
+    assert "breakhis" in capsys.readouterr().err

@@ -55,6 +55,14 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--overwrite", action="store_true")
     synth.set_defaults(func=_data_synth)
 
+    imp = data.add_parser("import", help="convert a public dataset format into histoflow's layout")
+    imp.add_argument("format", help="folder, csv, medmnist, breakhis or pcam")
+    imp.add_argument("src", type=Path, help="source folder or file")
+    imp.add_argument("--out", type=Path, required=True, help="e.g. data (then: dvc add data)")
+    imp.add_argument("--class-names", help="comma-separated class names (medmnist)")
+    imp.add_argument("--overwrite", action="store_true")
+    imp.set_defaults(func=_data_import)
+
     stage = sub.add_parser("stage", help="run one pipeline stage (what dvc.yaml calls)")
     stage.add_argument("name")
     stage.set_defaults(func=_stage)
@@ -94,6 +102,16 @@ def _data_synth(args: argparse.Namespace) -> None:
         overwrite=args.overwrite,
     )
     print(f"wrote {args.classes * args.per_class} tiles and {manifest}")
+
+
+def _data_import(args: argparse.Namespace) -> None:
+    from histoflow.data.importers import import_dataset
+
+    names = args.class_names.split(",") if args.class_names else None
+    manifest = import_dataset(
+        args.format, args.src, args.out, overwrite=args.overwrite, class_names=names
+    )
+    print(f"wrote {manifest}; record it with `dvc add {args.out}`")
 
 
 def _stage(args: argparse.Namespace) -> None:

@@ -23,6 +23,7 @@ __all__ = [
     "RegistryConfig",
     "TrainEncoderConfig",
     "TrainFusionConfig",
+    "ValidateChecks",
     "ValidateConfig",
     "load_params",
     "parse_params",
@@ -56,11 +57,51 @@ class DataConfig(_Section):
         return self
 
 
+Level = Literal["error", "warning", "off"]
+
+
+class ValidateChecks(_Section):
+    """What each data-contract check does when it finds something: fail, warn, or nothing."""
+
+    unreadable: Level = "error"  # unreadable or zero-byte files
+    outside_root: Level = "error"  # manifest paths that leave the data folder
+    unknown_label: Level = "error"  # labels outside data.classes
+    class_min_count: Level = "error"  # a class below min_per_class images
+    patient_leak: Level = "error"  # a patient in more than one split
+    duplicate_across_splits: Level = "error"  # identical bytes (sha256) in two splits
+    mode: Level = "error"  # image mode outside allowed_modes
+    size: Level = "error"  # width or height outside [min_size, max_size]
+    near_duplicate_across_splits: Level = (
+        "warning"  # perceptual hash within near_duplicate_distance
+    )
+    blurred: Level = "warning"  # variance of the Laplacian below min_blur
+    blank: Level = "warning"  # tissue fraction below min_tissue_fraction
+    class_imbalance: Level = "warning"  # largest / smallest class above max_class_ratio
+    conflicting_labels: Level = "warning"  # identical images with different labels
+
+
 class ValidateConfig(_Section):
-    allowed_modes: tuple[Literal["RGB", "RGBA", "L", "I;16", "I", "F"], ...] = ("RGB",)
+    allowed_modes: tuple[
+        Literal["RGB", "RGBA", "L", "LA", "P", "I;16", "I", "F", "1", "CMYK"], ...
+    ] = ("RGB",)
     min_size: int = Field(16, ge=1)
     max_size: int = Field(8192, ge=1)
     min_per_class: int = Field(5, ge=1)
+    min_blur: float = Field(5.0, ge=0)
+    min_tissue_fraction: float = Field(0.01, ge=0, le=1)
+    max_class_ratio: float = Field(10.0, ge=1)
+    near_duplicate_distance: int = Field(4, ge=0, le=64)
+    qc_failures: Literal["keep", "exclude"] = "keep"  # what to do with blurred / blank images
+    workers: int = Field(2, ge=0)  # decoding processes; 0 decodes in this process
+    checks: ValidateChecks = ValidateChecks()
+
+    @model_validator(mode="after")
+    def _size_range(self) -> ValidateConfig:
+        if self.min_size > self.max_size:
+            raise ValueError(
+                f"min_size ({self.min_size}) must not exceed max_size ({self.max_size})"
+            )
+        return self
 
 
 class CaptionsConfig(_Section):

@@ -39,12 +39,49 @@ def test_unknown_stage_suggests_the_name():
 
 def test_validate(workdir, tiny_params):
     metrics, out = _run("validate", tiny_params, workdir)
-    manifest = pd.read_csv(out.manifest)
+    manifest = pd.read_parquet(out.manifest)
     assert metrics["n_images"] == len(manifest) == 48
     assert set(manifest["split"]) == {"train", "val", "test"}
-    assert {"sha256", "brightness", "od_hematoxylin", "readable"} <= set(manifest.columns)
+    assert {"sha256", "phash", "bit_depth", "brightness", "od_hematoxylin", "readable"} <= set(
+        manifest
+    )
     assert manifest["readable"].all()
     assert json.loads(out.metrics.read_text())["n_classes"] == 3
+    assert (out.report / "report.html").is_file() and (out.report / "results.json").is_file()
+
+
+def _with_blank_tile(workdir, tmp_path):
+    """A copy of the data with one tile replaced by an empty white one."""
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "data"
+    shutil.copytree(workdir / "data", data)
+    blank = sorted((data / "stroma").glob("*.png"))[0]
+    Image.fromarray(np.full((32, 32, 3), 250, np.uint8)).save(blank)
+    return data, blank.relative_to(data).as_posix()
+
+
+@pytest.mark.parametrize("policy", ["keep", "exclude"])
+def test_validate_blank_tiles_are_warned_and_kept_or_excluded(
+    workdir, tiny_params, tmp_path, policy
+):
+    data, blank = _with_blank_tile(workdir, tmp_path)
+    cfg = tiny_params.model_copy(
+        update={"validate_": tiny_params.validate.model_copy(update={"qc_failures": policy})}
+    )
+    module = get_stage("validate")
+    out = module.Outputs(
+        manifest=tmp_path / "m.parquet",
+        report=tmp_path / "report",
+        metrics=tmp_path / "metrics.json",
+    )
+    metrics = module.run(cfg, module.Inputs(data=data), out)
+    assert "blank" in metrics["warnings"]
+    kept = set(pd.read_parquet(out.manifest)["path"])
+    assert (blank in kept) is (policy == "keep")
+    assert metrics["n_excluded"] == (policy == "exclude")
+    assert blank in (out.report / "report.html").read_text()
 
 
 def test_validate_failure_lists_files_and_keeps_last_good_manifest(workdir, tiny_params, tmp_path):
@@ -58,6 +95,7 @@ def test_validate_failure_lists_files_and_keeps_last_good_manifest(workdir, tiny
     with pytest.raises(ContractViolation) as err:
         get_stage("validate").run(tiny_params, inputs, out)
     assert victim.name in str(err.value)
+    assert str(out.report / "report.html") in str(err.value)
     assert out.manifest.read_bytes() == before
 
 

@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["IMAGE_SUFFIXES", "SPLITS", "DataError", "assign_splits", "read_source"]
+__all__ = ["IMAGE_SUFFIXES", "SPLITS", "SPLIT_ALIASES", "DataError", "assign_splits", "read_source"]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"})
 SPLITS = ("train", "val", "test")
-_SPLIT_ALIASES = {
+# Folder and column spellings of each split.
+SPLIT_ALIASES = {
     "train": "train",
     "training": "train",
     "val": "val",
@@ -56,13 +57,14 @@ def read_source(root: Path, manifest: str = "manifest.csv") -> pd.DataFrame:
             f"data folder {root} holds no images (looked for {root}/<class>/*.png|jpg|tif or {csv}): {hint}"
         )
     if "patient_id" not in table or table["patient_id"].isna().all():
-        # Without patient ids every image is its own patient.
-        table["patient_id"] = table["path"].map(lambda p: Path(p).stem)
+        # Without patient ids every image is its own patient (the path, not the file name:
+        # public datasets reuse names such as image(1).jpg across split folders).
+        table["patient_id"] = table["path"]
     table["patient_id"] = table["patient_id"].fillna(table["path"]).astype(str)
     if "split" not in table:
         table["split"] = ""
     table["split"] = (
-        table["split"].fillna("").astype(str).str.lower().map(lambda s: _SPLIT_ALIASES.get(s, s))
+        table["split"].fillna("").astype(str).str.lower().map(lambda s: SPLIT_ALIASES.get(s, s))
     )
     table["label"] = table["label"].astype(str)
     return table.sort_values("path", kind="stable").reset_index(drop=True)
@@ -153,7 +155,7 @@ def _scan_folder(root: Path) -> pd.DataFrame:
         if any(part.startswith(".") for part in rel.parts):
             continue
         parts = rel.parts
-        if len(parts) >= 3 and parts[0].lower() in _SPLIT_ALIASES:
+        if len(parts) >= 3 and parts[0].lower() in SPLIT_ALIASES:
             rows.append({"path": rel.as_posix(), "label": parts[1], "split": parts[0]})
         elif len(parts) >= 2:
             rows.append({"path": rel.as_posix(), "label": parts[0], "split": ""})

@@ -6,15 +6,20 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["class_names", "read_manifest"]
+__all__ = ["VALIDATED_MANIFEST", "class_names", "read_manifest"]
+
+# Written by `validate`, read by later stages and by the flows.
+VALIDATED_MANIFEST = Path("outputs/validate/manifest.parquet")
 
 
 def read_manifest(path: Path) -> pd.DataFrame:
-    """The validated manifest written by ``validate``."""
+    """A table passed between stages: the validated manifest (parquet) or a CSV output."""
     if not Path(path).is_file():
         raise FileNotFoundError(
             f"{path} not found: run `histoflow stage validate` (or `dvc repro`) first"
         )
+    if Path(path).suffix == ".parquet":
+        return pd.read_parquet(path)
     return pd.read_csv(
         path,
         dtype={"path": str, "label": str, "split": str, "patient_id": str, "sha256": str},

@@ -12,7 +12,7 @@ from histoflow.captions.morphology import MorphologyCaptioner
 from histoflow.config import Params
 from histoflow.data.dataset import load_rgb
 from histoflow.io import atomic_path
-from histoflow.stages._tables import read_manifest
+from histoflow.stages._tables import VALIDATED_MANIFEST, read_manifest
 
 __all__ = ["PARAMS", "Inputs", "Outputs", "run"]
 
@@ -22,7 +22,7 @@ PARAMS = ("captions",)
 @dataclass(frozen=True)
 class Inputs:
     data: Path = Path("data")
-    manifest: Path = Path("outputs/validate/manifest.csv")
+    manifest: Path = VALIDATED_MANIFEST
 
 
 @dataclass(frozen=True)

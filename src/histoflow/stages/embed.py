@@ -17,7 +17,7 @@ from histoflow.config import Params
 from histoflow.data.dataset import TileDataset
 from histoflow.inference import ImageEmbedder
 from histoflow.io import atomic_dir
-from histoflow.stages._tables import read_manifest
+from histoflow.stages._tables import VALIDATED_MANIFEST, read_manifest
 
 __all__ = ["PARAMS", "Inputs", "Outputs", "load_features", "run"]
 
@@ -27,7 +27,7 @@ PARAMS = ("embed",)
 @dataclass(frozen=True)
 class Inputs:
     data: Path = Path("data")
-    manifest: Path = Path("outputs/validate/manifest.csv")
+    manifest: Path = VALIDATED_MANIFEST
     captions: Path = Path("outputs/captions/captions.csv")
     encoder: Path = Path("outputs/train_encoder/model")
 

@@ -19,7 +19,7 @@ from histoflow.io import atomic_path, write_json
 from histoflow.models.checkpoint import save_model
 from histoflow.models.encoder import create_encoder
 from histoflow.models.lightning import EncoderClassifier, History
-from histoflow.stages._tables import class_names, read_manifest
+from histoflow.stages._tables import VALIDATED_MANIFEST, class_names, read_manifest
 
 __all__ = ["PARAMS", "Inputs", "Outputs", "run"]
 
@@ -29,7 +29,7 @@ PARAMS = ("data.image_size", "train_encoder")
 @dataclass(frozen=True)
 class Inputs:
     data: Path = Path("data")
-    manifest: Path = Path("outputs/validate/manifest.csv")
+    manifest: Path = VALIDATED_MANIFEST
 
 
 @dataclass(frozen=True)

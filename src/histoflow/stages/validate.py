@@ -1,4 +1,9 @@
-"""Stage ``validate``: read the data, assign splits, measure every image, enforce the contract."""
+"""Stage ``validate``: read the data, assign splits, measure every image, enforce the contract.
+
+Writes the validated manifest (parquet, one row per image with its QC columns), a validation
+report a person can open (``reports/validation/report.html``) and metrics. Contract errors fail
+the stage after the report is written; warnings are reported and the run goes on.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,16 @@ import pandas as pd
 from histoflow.config import Params
 from histoflow.data.contract import check_contract
 from histoflow.data.qc import feature_table
+from histoflow.data.report import write_validation_report
 from histoflow.data.sources import assign_splits, read_source
 from histoflow.io import atomic_path, write_json
+from histoflow.stages._tables import VALIDATED_MANIFEST
 
-__all__ = ["PARAMS", "ContractViolation", "Inputs", "Outputs", "run"]
+__all__ = ["PARAMS", "QC_FAILURE_CHECKS", "ContractViolation", "Inputs", "Outputs", "run"]
 
 PARAMS = ("data", "validate")
+# Per-image checks whose images validate.qc_failures may exclude rather than only report.
+QC_FAILURE_CHECKS = ("blurred", "blank")
 
 
 @dataclass(frozen=True)
@@ -25,20 +34,21 @@ class Inputs:
 
 @dataclass(frozen=True)
 class Outputs:
-    manifest: Path = Path("outputs/validate/manifest.csv")
+    manifest: Path = VALIDATED_MANIFEST
+    report: Path = Path("reports/validation")
     metrics: Path = Path("metrics/validate.json")
 
 
 class ContractViolation(RuntimeError):
-    """The data broke the contract; the message lists each rule and its offending files."""
+    """The data broke the contract; the message names the report and the offending files."""
 
 
 def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
-    """Write the validated manifest (one row per image, with QC columns) and its metrics.
+    """Validate ``inputs.data``; write manifest, report and metrics.
 
     Raises:
-        ContractViolation: when any expectation fails; nothing is written then, so the last
-            good manifest stays in place.
+        ContractViolation: when any check at level ``error`` fails. The report is written
+            first; the manifest is not, so the last good manifest stays in place.
     """
     table = read_source(inputs.data, cfg.data.manifest)
     table = assign_splits(
@@ -47,27 +57,40 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         test_fraction=cfg.data.test_fraction,
         seed=cfg.data.split_seed,
     )
-    qc = feature_table([inputs.data / p for p in table["path"]]).drop(columns="path")
+    # Unchanged images reuse their rows from the previous run (keyed by path, size, mtime,
+    # confirmed by sha256); the cache sits beside the manifest, outside DVC's outputs.
+    qc = feature_table(
+        [inputs.data / p for p in table["path"]],
+        workers=cfg.validate.workers,
+        cache=outputs.manifest.parent / ".qc_cache.parquet",
+    ).drop(columns="path")
     table = pd.concat([table.reset_index(drop=True), qc.reset_index(drop=True)], axis=1)
     classes = list(cfg.data.classes) if cfg.data.classes else sorted(table["label"].unique())
-    result = check_contract(
-        table,
-        classes=classes,
-        allowed_modes=cfg.validate.allowed_modes,
-        min_size=cfg.validate.min_size,
-        max_size=cfg.validate.max_size,
-        min_per_class=cfg.validate.min_per_class,
+    result = check_contract(table, cfg.validate, classes=classes)
+
+    flagged = result.flagged(QC_FAILURE_CHECKS)
+    excluded = sorted(flagged) if cfg.validate.qc_failures == "exclude" else []
+    report = write_validation_report(
+        table, result, outputs.report, data_root=inputs.data, classes=classes, excluded=excluded
     )
     if not result.success:
-        raise ContractViolation(f"data in {inputs.data} broke the contract:\n{result.summary()}")
+        raise ContractViolation(
+            f"data in {inputs.data} broke the contract; full report: {report}\n{result.summary()}"
+        )
+    kept = table[~table["path"].isin(excluded)]
     with atomic_path(outputs.manifest) as tmp:
-        table.to_csv(tmp, index=False)
+        kept.to_parquet(tmp, index=False)
     metrics = {
-        "n_images": len(table),
-        "n_patients": int(table["patient_id"].nunique()),
+        "n_images": len(kept),
+        "n_excluded": len(excluded),
+        "n_flagged_qc": len(flagged),
+        "qc_failures": cfg.validate.qc_failures,
+        "n_patients": int(kept["patient_id"].nunique()),
         "n_classes": len(classes),
-        "split_sizes": table["split"].value_counts().sort_index().to_dict(),
-        "class_counts": table["label"].value_counts().sort_index().to_dict(),
+        "n_warnings": len(result.warnings),
+        "warnings": sorted({v.check for v in result.warnings}),
+        "split_sizes": kept["split"].value_counts().sort_index().to_dict(),
+        "class_counts": kept["label"].value_counts().sort_index().to_dict(),
         "expectations": result.statistics,
     }
     write_json(outputs.metrics, metrics)
