@@ -34,6 +34,7 @@ demo: install
 	histoflow monitor monitoring/inbox/demo_stain_shift > /dev/null; \
 	echo; echo "== done in $$(( $$(date +%s) - start )) s (after installation)"; \
 	echo "validation:     reports/validation/report.html"; \
+	echo "captions:       reports/captions/gallery.html"; \
 	echo "metrics:        metrics/eval.json"; \
 	echo "plots:          outputs/evaluate/plots/"; \
 	for b in demo_in_distribution demo_stain_shift; do \

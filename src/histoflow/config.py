@@ -105,7 +105,16 @@ class ValidateConfig(_Section):
 
 
 class CaptionsConfig(_Section):
-    backend: Literal["morphology"] = "morphology"
+    """Caption backend; the vlm fields are read only when ``backend`` is ``vlm``."""
+
+    backend: Literal["morphology", "vlm"] = "morphology"
+    model: str = "google/medgemma-4b-it"  # vlm: Hugging Face hub id or local folder
+    revision: str = "main"
+    prompt: str = "Describe the tissue morphology in this H&E image in one sentence."
+    max_new_tokens: int = Field(48, ge=1, le=1024)
+    batch_size: int = Field(8, ge=1)
+    seed: int = 0
+    gallery_per_class: int = Field(4, ge=0)
 
 
 class TrainEncoderConfig(_Section):

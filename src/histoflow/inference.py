@@ -5,7 +5,7 @@ image -> (caption -> text tokens) + (encoder -> image tokens) -> fusion -> class
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from histoflow.captions.morphology import MorphologyCaptioner
+from histoflow.captions import create_captioner
 from histoflow.captions.text import TextEncoder
 from histoflow.data.dataset import create_transform
 from histoflow.device import autocast, pick_device, use_bf16
@@ -82,7 +82,7 @@ class Predictor:
     embedder: ImageEmbedder
     fusion: FusionNet
     text: TextEncoder
-    captioner: MorphologyCaptioner
+    captioner: Callable[[Image.Image], str]
     classes: list[str]
 
     @classmethod
@@ -92,14 +92,15 @@ class Predictor:
         fusion, meta = load_fusion(fusion_dir)
         embedder = ImageEmbedder(encoder_dir, meta["token_grid"], accelerator=accelerator)
         text = TextEncoder(meta["text_model"], meta["max_text_tokens"])
-        return cls(embedder, fusion, text, MorphologyCaptioner(), list(meta["classes"]))
+        captioner = create_captioner(meta.get("captioner", {"backend": "morphology"}))
+        return cls(embedder, fusion, text, captioner, list(meta["classes"]))
 
     def predict(self, images: Sequence[Image.Image], batch_size: int = 64) -> pd.DataFrame:
         """One row per image: ``label``, ``confidence``, ``uncertainty``, ``prob_<class>``, ``caption``."""
         frames = []
         for s in range(0, len(images), batch_size):
             batch = list(images[s : s + batch_size])
-            captions = [self.captioner(im) for im in batch]
+            captions = _caption(self.captioner, batch)
             text = self.text.encode(captions)
             _, tokens = self.embedder.embed_images(batch)
             probs, unc = fuse(self.fusion, tokens, text.tokens, text.mask)
@@ -110,3 +111,8 @@ class Predictor:
             frame["caption"] = captions
             frames.append(frame)
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _caption(captioner: Callable[[Image.Image], str], images: list[Image.Image]) -> list[str]:
+    batch = getattr(captioner, "caption_batch", None)  # VLMs generate in batches
+    return batch(images) if batch else [captioner(im) for im in images]

@@ -102,7 +102,7 @@ def test_validate_failure_lists_files_and_keeps_last_good_manifest(workdir, tiny
 def test_captions(workdir, tiny_params):
     metrics, out = _run("captions", tiny_params, workdir)
     captions = pd.read_csv(out.captions)
-    assert metrics["n_captions"] == len(captions) == 48
+    assert metrics["n_images"] == len(captions) == 48
     assert captions["caption"].str.len().min() > 20
     assert captions["caption"].nunique() > 10  # captions describe each tile, not its class
 

@@ -59,6 +59,7 @@ class TextEncoder:
                 f"bundled {BUNDLED_MODEL!r}, or log in to the Hugging Face hub where there is network."
             ) from None
         self.name = model
+        self.fingerprint = _fingerprint(Path(source)) if local else model
         self.max_tokens = max_tokens
         self.device = device
         self.dim = int(self.model.config.hidden_size)
@@ -88,6 +89,17 @@ class TextEncoder:
                 empty, torch.zeros(0, self.max_tokens, dtype=torch.bool), empty[:, 0]
             )
         return TextEmbeddings(torch.cat(tokens), torch.cat(masks), torch.cat(pooled))
+
+
+def _fingerprint(folder: Path) -> str:
+    """Identifies a local encoder's weights: the names and sizes of its files, plus its config."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for p in files:
+        digest.update(f"{p.relative_to(folder)}:{p.stat().st_size}\n".encode())
+        if p.name == "config.json":
+            digest.update(p.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 @lru_cache(maxsize=8)

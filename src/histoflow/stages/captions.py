@@ -1,22 +1,44 @@
-"""Stage ``captions``: describe every tile in words, keyed by the image's sha256."""
+"""Stage ``captions``: describe every tile in words, keyed by the image's sha256.
+
+Each distinct image (by content) is captioned once per captioner: captions live in a SQLite
+cache beside the CSV, keyed by sha256 and by what captioned them
+(:mod:`histoflow.captions.cache`).
+A run captions only the images the cache lacks for the current key, writing each finished
+batch to the cache at once, so a re-run with nothing changed does no captioning, a new prompt
+or backend recaptions everything, and an interrupted run resumes where it stopped. The cache is
+not a DVC output: DVC deletes declared outputs before it runs a stage.
+
+Writes ``captions.csv`` (``sha256,path,backend,model,revision,caption``, one row per manifest
+row, in manifest order) and ``gallery.html``, a few captioned tiles per class.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
+from PIL import Image
 from tqdm import tqdm
 
-from histoflow.captions.morphology import MorphologyCaptioner
-from histoflow.config import Params
+from histoflow.captions import create_captioner
+from histoflow.captions.cache import CacheKey, CaptionCache, key_for
+from histoflow.captions.gallery import write_gallery
+from histoflow.config import CaptionsConfig, Params
 from histoflow.data.dataset import load_rgb
 from histoflow.io import atomic_path
 from histoflow.stages._tables import VALIDATED_MANIFEST, read_manifest
 
-__all__ = ["PARAMS", "Inputs", "Outputs", "run"]
+__all__ = ["CACHE_NAME", "COLUMNS", "PARAMS", "Inputs", "Outputs", "run"]
 
 PARAMS = ("captions",)
+CACHE_NAME = ".caption_cache.sqlite"  # in the folder of Outputs.captions
+COLUMNS = ("sha256", "path", "backend", "model", "revision", "caption")
+
+# Images -> captions, one batch at a time.
+_BatchCaptioner = Callable[[Sequence[Image.Image]], list[str]]
 
 
 @dataclass(frozen=True)
@@ -28,25 +50,99 @@ class Inputs:
 @dataclass(frozen=True)
 class Outputs:
     captions: Path = Path("outputs/captions/captions.csv")
+    gallery: Path = Path("reports/captions")
 
 
 def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
-    """Caption each distinct image once; write ``sha256,path,backend,caption``."""
+    """Caption every distinct image not yet cached; write the captions CSV and the gallery.
+
+    Returns:
+        Metrics: ``n_images`` (manifest rows), ``n_unique`` (distinct sha256), ``n_cached``
+        (found in the cache), ``n_new`` (captioned now), ``backend``, ``model`` and
+        ``seconds``.
+    """
+    started = time.perf_counter()
     manifest = read_manifest(inputs.manifest)
-    captioner = MorphologyCaptioner()
-    by_hash: dict[str, str] = {}
-    rows = []
-    for path, sha in tqdm(
-        zip(manifest["path"], manifest["sha256"], strict=True),
-        total=len(manifest),
-        desc="captions",
-        unit="img",
-    ):
-        if sha not in by_hash:  # duplicates by content share one caption
-            by_hash[sha] = captioner(load_rgb(inputs.data / path))
-        rows.append(
-            {"sha256": sha, "path": path, "backend": captioner.name, "caption": by_hash[sha]}
-        )
+    key = key_for(cfg.captions)
+    # One path per distinct content: duplicates share a caption.
+    first_path = manifest.drop_duplicates("sha256").set_index("sha256")["path"]
+
+    with CaptionCache(outputs.captions.parent / CACHE_NAME) as cache:
+        captions = cache.get_many(first_path.index, key)
+        n_cached = len(captions)
+        if n_cached < len(first_path):
+            key, n_cached = _fill_cache(cache, key, first_path, inputs.data, cfg.captions)
+            # Read back what was stored: the CSV always comes from the cache, as a resumed run's.
+            captions = cache.get_many(first_path.index, key)
+
+    table = manifest[["sha256", "path"]].assign(
+        backend=key.backend,
+        model=key.model_id,
+        revision=key.revision,
+        caption=manifest["sha256"].map(captions),
+    )
     with atomic_path(outputs.captions) as tmp:
-        pd.DataFrame(rows).to_csv(tmp, index=False)
-    return {"n_captions": len(rows), "n_unique_images": len(by_hash)}
+        table.loc[:, list(COLUMNS)].to_csv(tmp, index=False)
+    write_gallery(
+        table.assign(label=manifest["label"]),
+        outputs.gallery,
+        data_root=inputs.data,
+        per_class=cfg.captions.gallery_per_class,
+    )
+    return {
+        "n_images": len(manifest),
+        "n_unique": len(first_path),
+        "n_cached": n_cached,
+        "n_new": len(first_path) - n_cached,
+        "backend": key.backend,
+        "model": key.model_id,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def _fill_cache(
+    cache: CaptionCache,
+    key: CacheKey,
+    first_path: pd.Series,
+    data: Path,
+    captions: CaptionsConfig,
+) -> tuple[CacheKey, int]:
+    """Caption the images of ``first_path`` (sha256 -> path) missing from the cache.
+
+    Each batch is stored as soon as it is captioned, so an interrupted run keeps its work.
+
+    Returns:
+        The key the captions are stored under (the loaded model's, see :func:`_load_captioner`)
+        and how many of the images were already cached under it.
+    """
+    caption_batch, key = _load_captioner(captions, key)
+    cached = cache.get_many(first_path.index, key)  # again: the key may have changed
+    missing = first_path[~first_path.index.isin(list(cached))]
+    shas, paths, size = list(missing.index), list(missing), captions.batch_size
+    with tqdm(total=len(shas), desc=f"captions ({key.backend})", unit="img") as bar:
+        for start in range(0, len(shas), size):
+            images = [load_rgb(data / p) for p in paths[start : start + size]]
+            texts = caption_batch(images)
+            if len(texts) != len(images):
+                raise RuntimeError(
+                    f"captioner {key.backend!r} returned {len(texts)} captions for "
+                    f"{len(images)} images; it must return one caption per image"
+                )
+            cache.put_many(dict(zip(shas[start : start + size], texts, strict=True)), key)
+            bar.update(len(images))
+    return key, len(cached)
+
+
+def _load_captioner(captions: CaptionsConfig, key: CacheKey) -> tuple[_BatchCaptioner, CacheKey]:
+    """The configured backend's batch captioner, and the key its captions are stored under.
+
+    Built only when some image needs captioning: a vlm takes minutes to load.
+    """
+    captioner = create_captioner(captions)
+    if captions.backend == "morphology":
+        return (lambda images: [captioner(image) for image in images]), key
+    # The loaded model's revision is the truth: a hub revision not cached before this run
+    # resolves to its commit only once downloaded.
+    return captioner.caption_batch, replace(
+        key, model_id=captioner.model_id, revision=captioner.revision
+    )

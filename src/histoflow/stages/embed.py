@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from histoflow.captions.text import TextEncoder
+from histoflow.captions.text_cache import encode_cached
 from histoflow.config import Params
 from histoflow.data.dataset import TileDataset
 from histoflow.inference import ImageEmbedder
@@ -21,7 +23,8 @@ from histoflow.stages._tables import VALIDATED_MANIFEST, read_manifest
 
 __all__ = ["PARAMS", "Inputs", "Outputs", "load_features", "run"]
 
-PARAMS = ("embed",)
+# captions: the captioner is recorded with the features so inference captions the same way.
+PARAMS = ("captions", "embed")
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,15 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         b_pooled, b_tokens = embedder.embed_tensor(images)
         pooled.append(b_pooled)
         tokens.append(b_tokens)
-    text = TextEncoder(p.text_model, p.max_text_tokens).encode(texts, batch_size=p.batch_size)
+    # Captions repeat (duplicates, reruns): their embeddings are cached beside DVC's outputs.
+    encoder = TextEncoder(p.text_model, p.max_text_tokens)
+    text, n_new_texts = encode_cached(
+        encoder,
+        texts,
+        outputs.features.parent / ".text_embedding_cache.sqlite",
+        fingerprint=encoder.fingerprint,
+        batch_size=p.batch_size,
+    )
 
     # float16 halves the cache; fusion trains in float32 after loading.
     tensors = {
@@ -79,6 +90,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
                 "text_model": p.text_model,
                 "max_text_tokens": str(p.max_text_tokens),
                 "token_grid": str(p.token_grid),
+                "captioner": json.dumps(cfg.captions.model_dump(mode="json")),
             },
         )
         manifest.assign(caption=texts).to_csv(tmp / "index.csv", index=False)
@@ -87,6 +99,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         "image_dim": int(tensors["image_pooled"].shape[1]),
         "image_tokens": int(tensors["image_tokens"].shape[1]),
         "text_dim": text.pooled.shape[1],
+        "n_new_text_embeddings": n_new_texts,
     }
 
 

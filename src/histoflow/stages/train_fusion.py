@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +102,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
             "text_model": meta["text_model"],
             "max_text_tokens": int(meta["max_text_tokens"]),
             "token_grid": int(meta["token_grid"]),
+            "captioner": json.loads(meta["captioner"]),
         },
     )
     with atomic_path(outputs.history) as tmp:
