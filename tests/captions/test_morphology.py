@@ -159,3 +159,24 @@ def test_white_holes_inside_tissue_are_vacuoles(captioner: MorphologyCaptioner) 
 
     assert _number(captioner(solid), r"vacuoles (\d+)%") == 0
     assert _number(captioner(holed), r"vacuoles (\d+)%") == pytest.approx(6, abs=1)
+
+
+def test_qc_values_from_validate_are_reused_and_agree(tmp_path):
+    """Given validate's row, the captioner takes its values; they equal its own measurements."""
+    from histoflow.data.qc import image_features
+
+    rng = np.random.default_rng(3)
+    pixels = np.full((48, 48, 3), 235, np.uint8)
+    for _ in range(25):  # purple nuclei on pale pink
+        y, x = rng.integers(4, 44, 2)
+        pixels[y - 2 : y + 3, x - 2 : x + 3] = (90, 40, 140)
+    Image.fromarray(pixels).save(tmp_path / "tile.png")
+    image = Image.open(tmp_path / "tile.png")
+    row = image_features(tmp_path / "tile.png")
+    captioner = MorphologyCaptioner()
+    own, reused = captioner.measure(image), captioner.measure(image, qc=row)
+    for key in ("tissue_fraction", "brightness", "contrast", "saturation"):
+        assert reused[key] == pytest.approx(own[key], abs=1e-6), key
+    assert captioner.caption(image, qc=row) == captioner.caption(image)
+    # The values do come from the row when it has them.
+    assert captioner.measure(image, qc={**row, "brightness": 0.123})["brightness"] == 0.123

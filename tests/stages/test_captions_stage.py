@@ -104,7 +104,7 @@ def test_new_prompt_or_backend_recaptions_all(
 ):
     # The real vlm needs a downloaded model: stand in a captioner that echoes the prompt.
     def echo(captions, key):
-        return (lambda images: [f"{captions.prompt} <{im.size}>" for im in images]), key
+        return (lambda images, _rows: [f"{captions.prompt} <{im.size}>" for im in images]), key
 
     monkeypatch.setattr(stage, "_load_captioner", echo)
     inputs, outputs = _io(tiny_data, manifest, tmp_path)
@@ -195,7 +195,9 @@ def test_captions_are_stored_under_the_loaded_models_revision(
 ):
     # A hub revision such as "main" resolves to a commit only once the model is downloaded.
     def resolving(captions, key):
-        return (lambda images: ["x"] * len(images)), dataclasses.replace(key, revision="c0ffee")
+        return (lambda images, _rows: ["x"] * len(images)), dataclasses.replace(
+            key, revision="c0ffee"
+        )
 
     monkeypatch.setattr(stage, "_load_captioner", resolving)
     inputs, outputs = _io(tiny_data, manifest, tmp_path)

@@ -23,6 +23,8 @@ the caption let a reader judge the words at other magnifications.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -31,7 +33,11 @@ from skimage.filters import threshold_otsu
 
 from histoflow.data.qc import colour_maps, is_greyscale, stain_optical_density, to_rgb_float
 
-__all__ = ["MEASUREMENTS", "MorphologyCaptioner"]
+__all__ = ["MEASUREMENTS", "QC_REUSED", "MorphologyCaptioner"]
+
+# Image-level values that validate's per-image table already holds (same pixels, same rules):
+# taken from it when given, so a caption's numbers are the validation report's numbers.
+QC_REUSED = ("tissue_fraction", "brightness", "contrast", "saturation")
 
 MEASUREMENTS: tuple[str, ...] = (
     "width",
@@ -90,11 +96,14 @@ class MorphologyCaptioner:
 
     name = "morphology"
 
-    def measure(self, image: Image.Image) -> dict[str, float]:
+    def measure(self, image: Image.Image, qc: Mapping[str, Any] | None = None) -> dict[str, float]:
         """Measure an image.
 
         Args:
             image: Any Pillow image, at least 16 px a side for meaningful numbers.
+            qc: The image's row of validate's per-image table, if there is one. Its
+                :data:`QC_REUSED` values (measured from the same pixels by the same rules) are
+                used instead of being computed again.
 
         Returns:
             Every key of :data:`MEASUREMENTS`; those that do not apply to the image's route
@@ -105,15 +114,16 @@ class MorphologyCaptioner:
         grey = is_greyscale(image.mode, rgb)
 
         out = dict.fromkeys(MEASUREMENTS, math.nan)
+        reused = {k: float(qc[k]) for k in QC_REUSED if qc is not None and _finite(qc.get(k))}
         out.update(
             width=float(image.width),
             height=float(image.height),
             greyscale=float(grey),
             he_like=0.0,
-            tissue_fraction=float(tissue.mean()),
-            brightness=float(lum.mean()),
-            contrast=float(lum.std()),
-            saturation=float(sat.mean()),
+            tissue_fraction=reused.get("tissue_fraction", float(tissue.mean())),
+            brightness=reused.get("brightness", float(lum.mean())),
+            contrast=reused.get("contrast", float(lum.std())),
+            saturation=reused.get("saturation", float(sat.mean())),
             texture=_texture(lum),
         )
         if out["tissue_fraction"] < _MIN_TISSUE:
@@ -125,9 +135,9 @@ class MorphologyCaptioner:
             out.update(_intensity_measurements(lum))
         return out
 
-    def caption(self, image: Image.Image) -> str:
-        """Render :meth:`measure` as a short caption (under 60 words)."""
-        m = self.measure(image)
+    def caption(self, image: Image.Image, qc: Mapping[str, Any] | None = None) -> str:
+        """Render :meth:`measure` as a short caption (under 60 words); ``qc`` as in measure."""
+        m = self.measure(image, qc)
         if m["tissue_fraction"] < _MIN_TISSUE:
             background = _pct(1 - m["tissue_fraction"])
             return (
@@ -140,6 +150,10 @@ class MorphologyCaptioner:
 
     def __call__(self, image: Image.Image) -> str:
         return self.caption(image)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
 
 
 def _he_measurements(rgb: np.ndarray, tissue: np.ndarray) -> dict[str, float]:

@@ -37,8 +37,8 @@ PARAMS = ("captions",)
 CACHE_NAME = ".caption_cache.sqlite"  # in the folder of Outputs.captions
 COLUMNS = ("sha256", "path", "backend", "model", "revision", "caption")
 
-# Images -> captions, one batch at a time.
-_BatchCaptioner = Callable[[Sequence[Image.Image]], list[str]]
+# (images, their rows of validate's per-image table) -> captions, one batch at a time.
+_BatchCaptioner = Callable[[Sequence[Image.Image], Sequence[dict]], list[str]]
 
 
 @dataclass(frozen=True)
@@ -64,16 +64,16 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     started = time.perf_counter()
     manifest = read_manifest(inputs.manifest)
     key = key_for(cfg.captions)
-    # One path per distinct content: duplicates share a caption.
-    first_path = manifest.drop_duplicates("sha256").set_index("sha256")["path"]
+    # One row per distinct content: duplicates share a caption.
+    first = manifest.drop_duplicates("sha256").set_index("sha256")
 
     with CaptionCache(outputs.captions.parent / CACHE_NAME) as cache:
-        captions = cache.get_many(first_path.index, key)
+        captions = cache.get_many(first.index, key)
         n_cached = len(captions)
-        if n_cached < len(first_path):
-            key, n_cached = _fill_cache(cache, key, first_path, inputs.data, cfg.captions)
+        if n_cached < len(first):
+            key, n_cached = _fill_cache(cache, key, first, inputs.data, cfg.captions)
             # Read back what was stored: the CSV always comes from the cache, as a resumed run's.
-            captions = cache.get_many(first_path.index, key)
+            captions = cache.get_many(first.index, key)
 
     table = manifest[["sha256", "path"]].assign(
         backend=key.backend,
@@ -91,9 +91,9 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     )
     return {
         "n_images": len(manifest),
-        "n_unique": len(first_path),
+        "n_unique": len(first),
         "n_cached": n_cached,
-        "n_new": len(first_path) - n_cached,
+        "n_new": len(first) - n_cached,
         "backend": key.backend,
         "model": key.model_id,
         "seconds": round(time.perf_counter() - started, 3),
@@ -103,11 +103,11 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
 def _fill_cache(
     cache: CaptionCache,
     key: CacheKey,
-    first_path: pd.Series,
+    first: pd.DataFrame,
     data: Path,
     captions: CaptionsConfig,
 ) -> tuple[CacheKey, int]:
-    """Caption the images of ``first_path`` (sha256 -> path) missing from the cache.
+    """Caption the images of ``first`` (manifest rows indexed by sha256) missing from the cache.
 
     Each batch is stored as soon as it is captioned, so an interrupted run keeps its work.
 
@@ -116,13 +116,14 @@ def _fill_cache(
         and how many of the images were already cached under it.
     """
     caption_batch, key = _load_captioner(captions, key)
-    cached = cache.get_many(first_path.index, key)  # again: the key may have changed
-    missing = first_path[~first_path.index.isin(list(cached))]
-    shas, paths, size = list(missing.index), list(missing), captions.batch_size
+    cached = cache.get_many(first.index, key)  # again: the key may have changed
+    missing = first[~first.index.isin(list(cached))]
+    shas, rows, size = list(missing.index), missing.to_dict("records"), captions.batch_size
     with tqdm(total=len(shas), desc=f"captions ({key.backend})", unit="img") as bar:
         for start in range(0, len(shas), size):
-            images = [load_rgb(data / p) for p in paths[start : start + size]]
-            texts = caption_batch(images)
+            batch = rows[start : start + size]
+            images = [load_rgb(data / row["path"]) for row in batch]
+            texts = caption_batch(images, batch)
             if len(texts) != len(images):
                 raise RuntimeError(
                     f"captioner {key.backend!r} returned {len(texts)} captions for "
@@ -140,9 +141,13 @@ def _load_captioner(captions: CaptionsConfig, key: CacheKey) -> tuple[_BatchCapt
     """
     captioner = create_captioner(captions)
     if captions.backend == "morphology":
-        return (lambda images: [captioner(image) for image in images]), key
+        # validate already measured these images: the captioner reuses its QC values.
+        def morphology(images, rows):
+            return [captioner.caption(im, qc=row) for im, row in zip(images, rows, strict=True)]
+
+        return morphology, key
     # The loaded model's revision is the truth: a hub revision not cached before this run
     # resolves to its commit only once downloaded.
-    return captioner.caption_batch, replace(
+    return (lambda images, _rows: captioner.caption_batch(images)), replace(
         key, model_id=captioner.model_id, revision=captioner.revision
     )
