@@ -45,8 +45,13 @@ def register(root: str) -> dict:
         base,
         params,
         metrics=metrics,
-        encoder_dir=base / "outputs/train_encoder/model",
-        fusion_dir=base / "outputs/train_fusion/model",
+        model_files={
+            "encoder": base / "outputs/train_encoder/model",
+            "fusion": base / "outputs/train_fusion/model",
+            # The champion carries what monitoring compares new batches with.
+            "reference": base / "monitoring/reference",
+            "reference_predictions": base / "outputs/evaluate/predictions.csv",
+        },
         example_image=example,
         artifacts=[
             base / p

@@ -81,8 +81,11 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", type=Path, help="write a CSV here (default: print)")
     predict.set_defaults(func=_predict)
 
-    monitor = sub.add_parser("monitor", help="drift report for a folder of new images")
-    monitor.add_argument("batch", type=Path)
+    monitor = sub.add_parser("monitor", help="drift report for a folder of new images (or --inbox)")
+    monitor.add_argument("batch", type=Path, nargs="?")
+    monitor.add_argument(
+        "--inbox", action="store_true", help="report on each new folder of monitor.inbox"
+    )
     monitor.add_argument("--model", default="models:/histoflow@champion")
     monitor.set_defaults(func=_monitor)
     return parser
@@ -153,6 +156,14 @@ def _predict(args: argparse.Namespace) -> None:
 
 def _monitor(args: argparse.Namespace) -> None:
     flows = _load_flows("monitoring")
+    if args.inbox == (args.batch is not None):
+        raise ValueError("give either a batch folder or --inbox")
+    if args.inbox:
+        result = flows.monitor_inbox(
+            root=str(Path.cwd()), params_file=str(args.params), model_uri=args.model
+        )
+        print(json.dumps(result, indent=2, default=str))
+        return
     result = flows.monitoring(
         batch_dir=str(args.batch),
         root=str(Path.cwd()),

@@ -171,8 +171,23 @@ class RegistryConfig(_Section):
 
 
 class MonitorConfig(_Section):
-    drift_share: float = Field(0.3, gt=0, le=1)
+    """Drift monitoring of new batches (``histoflow monitor``, the inbox deployment)."""
+
+    drift_share: float = Field(0.3, gt=0, le=1)  # features: share of drifted columns = drift
+    embedding_drift_share: float = Field(0.3, gt=0, le=1)  # same, over the embedding PCs
     stattest_threshold: float = Field(0.05, gt=0, lt=1)
+    method: Literal["ks", "wasserstein", "psi"] = "ks"  # per-column test for numeric columns
+    pca_components: int = Field(8, ge=2, le=64)  # embeddings are compared in this PCA space
+    signals: tuple[Literal["features", "embeddings", "predictions"], ...] = (
+        "features",
+        "embeddings",
+        "predictions",
+    )  # which signals can set drift_detected
+    action: Literal["none", "notify", "retrain"] = "none"  # on drift
+    notify_block: str | None = None  # name of a Prefect notification block, for action notify
+    retrain_deployment: str = "histoflow-training/nightly"  # flow/deployment, for action retrain
+    inbox: Path = Path("monitoring/inbox")
+    reports: Path = Path("monitoring/reports")
 
 
 class Params(_Section):

@@ -97,12 +97,18 @@ class Predictor:
 
     def predict(self, images: Sequence[Image.Image], batch_size: int = 64) -> pd.DataFrame:
         """One row per image: ``label``, ``confidence``, ``uncertainty``, ``prob_<class>``, ``caption``."""
-        frames = []
+        return self.predict_with_embeddings(images, batch_size)[0]
+
+    def predict_with_embeddings(
+        self, images: Sequence[Image.Image], batch_size: int = 64
+    ) -> tuple[pd.DataFrame, np.ndarray]:
+        """:meth:`predict`'s table and the pooled image embeddings (N, D), for monitoring."""
+        frames, pooled = [], []
         for s in range(0, len(images), batch_size):
             batch = list(images[s : s + batch_size])
             captions = _caption(self.captioner, batch)
             text = self.text.encode(captions)
-            _, tokens = self.embedder.embed_images(batch)
+            b_pooled, tokens = self.embedder.embed_images(batch)
             probs, unc = fuse(self.fusion, tokens, text.tokens, text.mask)
             frame = pd.DataFrame(probs, columns=[f"prob_{c}" for c in self.classes])
             frame.insert(0, "label", [self.classes[i] for i in probs.argmax(1)])
@@ -110,7 +116,10 @@ class Predictor:
             frame.insert(2, "uncertainty", unc)
             frame["caption"] = captions
             frames.append(frame)
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+            pooled.append(b_pooled.numpy())
+        if not frames:
+            return pd.DataFrame(), np.zeros((0, 0), np.float32)
+        return pd.concat(frames, ignore_index=True), np.concatenate(pooled)
 
 
 def _caption(captioner: Callable[[Image.Image], str], images: list[Image.Image]) -> list[str]:

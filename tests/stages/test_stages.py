@@ -160,3 +160,21 @@ def test_stage_names_match_modules():
     for name in STAGE_NAMES:
         module = get_stage(name)
         assert callable(module.run) and module.PARAMS
+
+
+def test_reference(workdir, tiny_params):
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    summary, out = _run("reference", tiny_params, workdir)
+    folder = out.reference
+    features = pd.read_parquet(folder / "features.parquet")
+    assert len(features) == summary["n_features"] and {"brightness", "od_eosin"} <= set(features)
+    embeddings = pd.read_parquet(folder / "embeddings.parquet")
+    assert list(embeddings.columns) == [f"pc_{i}" for i in range(summary["pca_components"])]
+    assert len(embeddings) == summary["n_held_out"]
+    pca = load_file(folder / "pca.safetensors")
+    # Principal axes are orthonormal, so projecting new batches is a plain matrix product.
+    np.testing.assert_allclose(
+        pca["components"] @ pca["components"].T, np.eye(len(pca["components"])), atol=1e-4
+    )

@@ -6,6 +6,7 @@ from histoflow.registry.mlflow_registry import (
     git_commit,
     load_model,
     log_and_register,
+    log_monitoring,
     promote,
     tracking_uri,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "git_commit",
     "load_model",
     "log_and_register",
+    "log_monitoring",
     "promote",
     "tracking_uri",
 ]

@@ -23,6 +23,7 @@ __all__ = [
     "git_commit",
     "load_model",
     "log_and_register",
+    "log_monitoring",
     "promote",
     "tracking_uri",
 ]
@@ -72,13 +73,22 @@ def log_and_register(
     params: Params,
     *,
     metrics: dict[str, float],
-    encoder_dir: Path,
-    fusion_dir: Path,
+    model_files: dict[str, Path],
     example_image: Path,
     artifacts: list[Path],
     tags: dict[str, str],
 ) -> str:
     """Log one training run with its model, register it, and tag it ``challenger``.
+
+    Args:
+        root: project folder.
+        params: the run's parameters, logged flat.
+        metrics: test metrics, logged.
+        model_files: the pyfunc's artifacts: ``encoder`` and ``fusion`` model folders, and
+            optionally ``reference`` / ``reference_predictions`` for monitoring.
+        example_image: an image file for the signature's input example.
+        artifacts: files and folders logged with the run.
+        tags: run tags (git commit, dvc hashes).
 
     Returns:
         The new model version.
@@ -96,12 +106,13 @@ def log_and_register(
                 mlflow.log_artifact(str(path))
         example = pd.DataFrame({"image": [encode_image_file(example_image)]})
         model = HistoflowModel()
-        model.load_context(_Context({"encoder": str(encoder_dir), "fusion": str(fusion_dir)}))
+        files = {name: str(path) for name, path in model_files.items()}
+        model.load_context(_Context(files))
         signature = infer_signature(example, model.predict(None, example))
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=HistoflowModel(),
-            artifacts={"encoder": str(encoder_dir), "fusion": str(fusion_dir)},
+            artifacts=files,
             signature=signature,
             input_example=example,
             pip_requirements=["histoflow"],
@@ -153,6 +164,39 @@ def promote(cfg: RegistryConfig, version: str, root: Path) -> Decision:
         champ_value,
         None if champ is None else champ.version,
     )
+
+
+def log_monitoring(root: Path, experiment: str, summary: dict, out_dir: Path) -> str:
+    """Log a batch's drift summary and report as a run of ``<experiment>-monitoring``.
+
+    Returns:
+        The run id.
+    """
+    experiment_id = configure_tracking(root, f"{experiment}-monitoring")
+    with mlflow.start_run(experiment_id=experiment_id, run_name=str(summary.get("batch"))) as run:
+        metrics = {
+            "drift_detected": float(summary["drift_detected"]),
+            "n_current": summary["n_current"],
+        }
+        for name, signal in summary.get("signals", {}).items():
+            metrics[f"{name}.drifted"] = float(signal["drifted"])
+            if isinstance(signal.get("share"), int | float):
+                metrics[f"{name}.share"] = float(signal["share"])
+        for key, value in (summary.get("performance") or {}).items():
+            if isinstance(value, int | float):
+                metrics[f"performance.{key}"] = float(value)
+        mlflow.log_metrics(metrics)
+        mlflow.set_tags(
+            {
+                "batch": str(summary.get("batch")),
+                "model_uri": str(summary.get("model_uri")),
+                "action": str((summary.get("action") or {}).get("action")),
+            }
+        )
+        for name in ("drift.json", "drift.html"):
+            if (out_dir / name).is_file():
+                mlflow.log_artifact(str(out_dir / name))
+    return run.info.run_id
 
 
 def load_model(uri: str, root: Path):

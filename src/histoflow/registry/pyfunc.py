@@ -33,6 +33,10 @@ class HistoflowModel(mlflow.pyfunc.PythonModel):
         self.predictor = Predictor.from_folders(
             Path(context.artifacts["encoder"]), Path(context.artifacts["fusion"])
         )
+        # What monitoring compares new batches with; models registered before it have none.
+        self.reference = {
+            k: Path(v) for k, v in context.artifacts.items() if k.startswith("reference")
+        }
 
     def predict(
         self, context, model_input: pd.DataFrame, params: dict | None = None

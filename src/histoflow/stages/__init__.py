@@ -13,7 +13,15 @@ from histoflow.config import Params
 __all__ = ["STAGE_NAMES", "default_io", "get_stage", "run_stage"]
 
 # Pipeline order; dvc.yaml is the definition, and a contract test keeps the two in step.
-STAGE_NAMES = ("validate", "captions", "train_encoder", "embed", "train_fusion", "evaluate")
+STAGE_NAMES = (
+    "validate",
+    "captions",
+    "train_encoder",
+    "embed",
+    "train_fusion",
+    "evaluate",
+    "reference",
+)
 
 
 def get_stage(name: str) -> ModuleType:

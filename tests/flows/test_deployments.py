@@ -1,0 +1,66 @@
+"""Deployments: flows/deployments.py (serve, one machine) and prefect.yaml (work pool) agree."""
+
+from __future__ import annotations
+
+import ast
+from datetime import timedelta
+
+import pytest
+import yaml
+
+from conftest import REPO, load_flow_module
+
+SCHEDULES = {"nightly": {"cron": "0 2 * * *"}, "inbox": {"interval": 900}}
+FLOWS = {"nightly": "histoflow-training", "inbox": "histoflow-monitor-inbox"}
+
+
+@pytest.fixture(scope="module")
+def prefect_yaml() -> dict:
+    return yaml.safe_load((REPO / "prefect.yaml").read_text())
+
+
+def test_build_deployments_schedules_both_flows_on_the_project(tmp_path, prefect_yaml):
+    nightly, inbox = load_flow_module("deployments").build_deployments(tmp_path)
+
+    assert (nightly.flow_name, nightly.name) == (FLOWS["nightly"], "nightly")
+    assert (inbox.flow_name, inbox.name) == (FLOWS["inbox"], "inbox")
+    assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
+    assert [s.schedule.interval for s in inbox.schedules] == [timedelta(minutes=15)]
+    for deployment in (nightly, inbox):
+        assert deployment.parameters == {"root": str(tmp_path.resolve())}
+    # Served and work-pool deployments run the same code.
+    entrypoints = {d["name"]: d["entrypoint"] for d in prefect_yaml["deployments"]}
+    assert nightly.entrypoint.endswith(entrypoints["nightly"])
+    assert inbox.entrypoint.endswith(entrypoints["inbox"])
+
+
+@pytest.mark.parametrize("name", ["nightly", "inbox"])
+def test_prefect_yaml_entrypoint_is_a_flow_in_the_repository(name, prefect_yaml):
+    (deployment,) = [d for d in prefect_yaml["deployments"] if d["name"] == name]
+    path, function = deployment["entrypoint"].split(":")
+    assert (REPO / path).is_file(), f"prefect.yaml {name}: {path} does not exist"
+    # Read, not imported: prefect deploy imports it; this only checks the names line up.
+    flows = {
+        node.name: decorator
+        for node in ast.parse((REPO / path).read_text()).body
+        if isinstance(node, ast.FunctionDef)
+        for decorator in node.decorator_list
+        if isinstance(decorator, ast.Call) and getattr(decorator.func, "id", "") == "flow"
+    }
+    assert function in flows, f"prefect.yaml {name}: {path} has no @flow {function}"
+    flow_name = {k.arg: k.value.value for k in flows[function].keywords}.get("name")
+    assert flow_name == FLOWS[name]
+
+
+def test_prefect_yaml_schedules_pool_and_pull_step(prefect_yaml):
+    # Prefect's own model of prefect.yaml (private, but it is what `prefect deploy` reads).
+    from prefect.cli.deploy._models import PrefectYamlModel
+
+    model = PrefectYamlModel.model_validate(prefect_yaml)
+    assert {d.name for d in model.deployments} == set(SCHEDULES)
+    for deployment in prefect_yaml["deployments"]:
+        assert deployment["schedules"] == [SCHEDULES[deployment["name"]]]
+        assert deployment["work_pool"]["name"] == "histoflow"
+        assert deployment["parameters"] == {"root": "."}
+    (step,) = prefect_yaml["pull"]
+    assert "prefect.deployments.steps.set_working_directory" in step
