@@ -25,13 +25,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
+from _machine import machine_info  # benchmarks/ is on sys.path when run as a script
 
 from histoflow.captions.morphology import MorphologyCaptioner
 from histoflow.captions.text import TextEncoder
@@ -120,12 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
             "throughput_met": args.n / caption_s >= TARGET_CAPTIONS_PER_S,
             "speedup_met": speedup >= TARGET_CACHED_SPEEDUP,
         },
-        "machine": {
-            "cpus": os.cpu_count(),
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-            "python": platform.python_version(),
-        },
+        "machine": machine_info(load_before),
     }
     print(_markdown(results))
     write_json(args.out, results)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from _machine import machine_info  # benchmarks/ is on sys.path when run as a script
 
 from histoflow.captions.text import TextEncoder
 from histoflow.config import MonitorConfig
@@ -94,11 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = {
         "n_images": len(files),
         "n_reference": len(ref_rows),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": machine_info(),
         "seconds": {
             "make_tiles": round(make_s, 1),
             "qc_table": round(qc_s, 1),

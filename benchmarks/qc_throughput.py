@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from _machine import machine_info  # benchmarks/ is on sys.path when run as a script
 from PIL import Image
 
 from histoflow.data.qc import feature_table
@@ -95,12 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
             "memory_met": max(peak["process_tree_mib"], peak["parent_ru_maxrss_mib"])
             < TARGET_PEAK_MIB,
         },
-        "machine": {
-            "cpus": os.cpu_count(),
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-            "python": platform.python_version(),
-        },
+        "machine": machine_info(load_before),
     }
     print(_markdown(results))
     write_json(args.out, results)

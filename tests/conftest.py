@@ -40,6 +40,20 @@ TINY = {
     },
     "evaluate": {"batch_size": 64},
 }
+# (mean, std) of each per-image QC feature, for monitoring tests that need realistic tables
+# without images; the scales differ on purpose.
+FEATURE_STATS = {
+    "brightness": (0.70, 0.05),
+    "contrast": (0.20, 0.04),
+    "blur": (150.0, 40.0),
+    "tissue_fraction": (0.60, 0.15),
+    "mean_r": (200.0, 12.0),
+    "mean_g": (150.0, 15.0),
+    "mean_b": (190.0, 10.0),
+    "saturation": (0.30, 0.06),
+    "od_hematoxylin": (0.45, 0.08),
+    "od_eosin": (0.35, 0.07),
+}
 TINY_DATA = {"classes": 3, "per_class": 16, "size": 32, "seed": 0, "patients_per_class": 8}
 
 
