@@ -118,8 +118,16 @@ class CaptionsConfig(_Section):
 
 
 class TrainEncoderConfig(_Section):
-    backbone: str = "resnet18"
+    backbone: str = (
+        "resnet18"  # timm name, foundation-model id (models.foundation.PRESETS) or hybrid
+    )
     pretrained: bool = False
+    branches: tuple[str, ...] = ("resnet50", "vit_base_patch16_224")  # hybrid: timm names
+    source: Literal["auto", "timm", "transformers"] = "auto"  # auto: the preset's, else timm
+    weights: Path | None = None  # local weights file or folder, loaded offline
+    weights_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")  # required with weights
+    timm_kwargs: dict[str, Any] = Field(default_factory=dict)  # extra timm.create_model kwargs
+    pooling: Literal["cls", "cls+mean"] | None = None  # transformers: None = the preset's
     epochs: int = Field(8, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(2e-3, gt=0)
@@ -135,6 +143,9 @@ class EmbedConfig(_Section):
     token_grid: int = Field(4, ge=1, le=16)
     text_model: str = "all-MiniLM-L6-v2"
     max_text_tokens: int = Field(64, ge=4, le=512)
+    num_workers: int = Field(2, ge=0)  # image-decoding processes; 0 decodes in this process
+    precision: Literal["auto", "bf16", "32"] = "auto"  # auto: bf16 where the CPU/GPU has it
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
 
 
 class TrainFusionConfig(_Section):

@@ -6,17 +6,19 @@ loading a model folder never runs code from it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from histoflow.data.dataset import IMAGENET_MEAN, IMAGENET_STD
 from histoflow.io import atomic_dir
-from histoflow.models.encoder import create_encoder
+from histoflow.models.encoder import build_encoder
 from histoflow.models.fusion import FusionConfig, FusionNet
 
-__all__ = ["load_encoder", "load_fusion", "read_model_json", "save_model"]
+__all__ = ["load_encoder", "load_fusion", "model_fingerprint", "read_model_json", "save_model"]
 
 
 def save_model(folder: Path, module: nn.Module, description: dict) -> None:
@@ -35,9 +37,16 @@ def read_model_json(folder: Path) -> dict:
 
 
 def load_encoder(folder: Path) -> tuple[nn.Module, dict]:
-    """The trained backbone (eval mode) and its description (backbone, image_size, classes...)."""
+    """The trained backbone (eval mode) and its description (backbone, image_size, classes...).
+
+    The architecture comes from the description's ``spec`` (any backbone kind, built offline);
+    folders written before ``spec`` existed name a plain timm model in ``backbone``.
+    """
     meta = read_model_json(folder)
-    encoder = create_encoder(meta["backbone"], pretrained=False)
+    spec = meta.get("spec") or {"kind": "timm", "name": meta["backbone"], "kwargs": {}}
+    spec.setdefault("mean", meta.get("mean", IMAGENET_MEAN))
+    spec.setdefault("std", meta.get("std", IMAGENET_STD))
+    encoder = build_encoder(spec)
     encoder.load_state_dict(load_file(Path(folder) / "weights.safetensors"))
     return encoder.eval(), meta
 
@@ -48,3 +57,18 @@ def load_fusion(folder: Path) -> tuple[FusionNet, dict]:
     net = FusionNet(FusionConfig(**meta["config"]))
     net.load_state_dict(load_file(Path(folder) / "weights.safetensors"))
     return net.eval(), meta
+
+
+def model_fingerprint(folder: Path) -> str:
+    """sha256 over a model folder's ``model.json`` and ``weights.safetensors``: same model, same hash."""
+    digest = hashlib.sha256()
+    for name in ("model.json", "weights.safetensors"):
+        path = Path(folder) / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: {folder} is not a histoflow model folder")
+        file_digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                file_digest.update(chunk)
+        digest.update(f"{name}\t{file_digest.hexdigest()}\n".encode())
+    return digest.hexdigest()

@@ -2,29 +2,33 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from histoflow.captions.text import TextEncoder
 from histoflow.captions.text_cache import encode_cached
-from histoflow.config import Params
+from histoflow.config import EmbedConfig, Params
 from histoflow.data.dataset import TileDataset
 from histoflow.inference import ImageEmbedder
 from histoflow.io import atomic_dir
+from histoflow.models.checkpoint import model_fingerprint
+from histoflow.stages._feature_store import ImageEmbeddingCache, SafetensorsStream
 from histoflow.stages._tables import VALIDATED_MANIFEST, read_manifest
 
 __all__ = ["PARAMS", "Inputs", "Outputs", "load_features", "run"]
 
 # captions: the captioner is recorded with the features so inference captions the same way.
 PARAMS = ("captions", "embed")
+_WRITE_ROWS = 1024  # rows per streamed write: bounds memory (1024 x 16 x 2048 fp16 = 64 MiB)
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,12 @@ class Outputs:
 
 
 def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
-    """Write ``features.safetensors`` (float16 tensors) and ``index.csv`` (one row per image)."""
+    """Write ``features.safetensors`` (float16 tensors) and ``index.csv`` (one row per image).
+
+    Image embeddings are computed only for images the cache lacks for this encoder (key: the
+    checkpoint's sha256, token grid and precision); the output file is streamed batch by
+    batch, so memory stays bounded whatever the number of images.
+    """
     p = cfg.embed
     manifest = read_manifest(inputs.manifest)
     captions = read_manifest(inputs.captions).set_index("path")["caption"]
@@ -52,55 +61,106 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
             f"{sorted(missing)[:3]}; re-run `histoflow stage captions`"
         )
     texts = [captions[path] for path in manifest["path"]]
+    paths = manifest["path"].tolist()
+    hashes = _image_hashes(inputs.data, manifest)
 
-    embedder = ImageEmbedder(inputs.encoder, p.token_grid)
-    loader = DataLoader(
-        TileDataset(inputs.data, manifest["path"].tolist(), None, embedder.transform),
-        batch_size=p.batch_size,
-        num_workers=0,
+    embedder = ImageEmbedder(
+        inputs.encoder, p.token_grid, accelerator=p.accelerator, precision=p.precision
     )
-    pooled, tokens = [], []
-    for images, _ in tqdm(loader, desc="embed images", unit="batch"):
-        b_pooled, b_tokens = embedder.embed_tensor(images)
-        pooled.append(b_pooled)
-        tokens.append(b_tokens)
-    # Captions repeat (duplicates, reruns): their embeddings are cached beside DVC's outputs.
-    encoder = TextEncoder(p.text_model, p.max_text_tokens)
-    text, n_new_texts = encode_cached(
-        encoder,
-        texts,
-        outputs.features.parent / ".text_embedding_cache.sqlite",
-        fingerprint=encoder.fingerprint,
-        batch_size=p.batch_size,
-    )
-
-    # float16 halves the cache; fusion trains in float32 after loading.
-    tensors = {
-        "image_pooled": torch.cat(pooled).half(),  # (N, Di)
-        "image_tokens": torch.cat(tokens).half(),  # (N, T, Di)
-        "text_pooled": text.pooled.half(),  # (N, Dt)
-        "text_tokens": text.tokens.half(),  # (N, L, Dt)
-        "text_mask": text.mask,  # (N, L)
-    }
-    with atomic_dir(outputs.features) as tmp:
-        save_file(
-            tensors,
-            tmp / "features.safetensors",
-            metadata={
-                "text_model": p.text_model,
-                "max_text_tokens": str(p.max_text_tokens),
-                "token_grid": str(p.token_grid),
-                "captioner": json.dumps(cfg.captions.model_dump(mode="json")),
-            },
-        )
-        manifest.assign(caption=texts).to_csv(tmp / "index.csv", index=False)
+    encoder_sha = model_fingerprint(inputs.encoder)
+    key = f"{encoder_sha}|grid={p.token_grid}|bf16={embedder.bf16}"
+    cache = ImageEmbeddingCache(outputs.features.parent / ".image_embedding_cache.sqlite", key)
+    try:
+        n_new_images = _embed_missing(embedder, cache, inputs.data, paths, hashes, p)
+        text_encoder = TextEncoder(p.text_model, p.max_text_tokens)
+        n = len(paths)
+        (d,), (t, dt) = cache.row_shapes() if n else ((0,), (p.token_grid**2, 0))
+        lt, de = text_encoder.max_tokens, text_encoder.dim
+        layout = {
+            "image_pooled": (np.float16, (n, d)),
+            "image_tokens": (np.float16, (n, t, dt)),
+            "text_pooled": (np.float16, (n, de)),
+            "text_tokens": (np.float16, (n, lt, de)),
+            "text_mask": (np.bool_, (n, lt)),
+        }
+        metadata = {
+            "text_model": p.text_model,
+            "max_text_tokens": p.max_text_tokens,
+            "token_grid": p.token_grid,
+            "captioner": json.dumps(cfg.captions.model_dump(mode="json")),
+            "encoder_sha256": encoder_sha,
+            "image_precision": "bf16" if embedder.bf16 else "32",
+        }
+        n_new_texts = 0
+        with atomic_dir(outputs.features) as tmp:
+            with SafetensorsStream(tmp / "features.safetensors", layout, metadata) as out:
+                for s in range(0, n, _WRITE_ROWS):
+                    pooled, tokens = cache.get(hashes[s : s + _WRITE_ROWS])
+                    out.write("image_pooled", s, pooled)
+                    out.write("image_tokens", s, tokens)
+                    # Captions repeat (duplicates, reruns): cached beside DVC's outputs too.
+                    text, n_new = encode_cached(
+                        text_encoder,
+                        texts[s : s + _WRITE_ROWS],
+                        outputs.features.parent / ".text_embedding_cache.sqlite",
+                        fingerprint=text_encoder.fingerprint,
+                        batch_size=p.batch_size,
+                    )
+                    n_new_texts += n_new
+                    out.write("text_pooled", s, text.pooled.half().numpy())
+                    out.write("text_tokens", s, text.tokens.half().numpy())
+                    out.write("text_mask", s, text.mask.numpy())
+            manifest.assign(caption=texts).to_csv(tmp / "index.csv", index=False)
+    finally:
+        cache.close()
     return {
-        "n_images": len(manifest),
-        "image_dim": int(tensors["image_pooled"].shape[1]),
-        "image_tokens": int(tensors["image_tokens"].shape[1]),
-        "text_dim": text.pooled.shape[1],
+        "n_images": n,
+        "image_dim": int(d),
+        "image_tokens": int(t),
+        "text_dim": int(de),
+        "n_new_image_embeddings": n_new_images,
         "n_new_text_embeddings": n_new_texts,
+        "encoder_sha256": encoder_sha,
+        "precision": "bf16" if embedder.bf16 else "32",
+        "device": embedder.device.type,
     }
+
+
+def _embed_missing(
+    embedder: ImageEmbedder,
+    cache: ImageEmbeddingCache,
+    root: Path,
+    paths: list[str],
+    hashes: list[str],
+    p: EmbedConfig,
+) -> int:
+    """Embed the distinct images ``cache`` lacks, batch by batch; return how many."""
+    todo = cache.missing(hashes)
+    if not todo:
+        return 0
+    first_path = dict(zip(reversed(hashes), reversed(paths), strict=True))  # hash -> first path
+    loader = DataLoader(
+        TileDataset(root, [first_path[h] for h in todo], None, embedder.transform),
+        batch_size=p.batch_size,
+        num_workers=p.num_workers,
+        pin_memory=embedder.device.type == "cuda",
+        prefetch_factor=4 if p.num_workers else None,
+    )
+    done = 0
+    with tqdm(total=len(todo), desc="embed images", unit="img") as bar:
+        for images, _ in loader:
+            pooled, tokens = embedder.embed_tensor(images)  # (B, D), (B, T, Dt)
+            cache.put(todo[done : done + len(images)], pooled.numpy(), tokens.numpy())
+            done += len(images)
+            bar.update(len(images))
+    return done
+
+
+def _image_hashes(root: Path, manifest: pd.DataFrame) -> list[str]:
+    """Each row's image sha256: the validated manifest's column, else hashed here."""
+    if "sha256" in manifest.columns and manifest["sha256"].notna().all():
+        return manifest["sha256"].astype(str).tolist()
+    return [hashlib.sha256((Path(root) / p).read_bytes()).hexdigest() for p in manifest["path"]]
 
 
 def load_features(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], pd.DataFrame]:

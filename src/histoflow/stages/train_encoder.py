@@ -13,11 +13,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from histoflow.config import Params
-from histoflow.data.dataset import IMAGENET_MEAN, IMAGENET_STD, TileDataset, create_transform
+from histoflow.data.dataset import TileDataset, create_transform
 from histoflow.device import pick_device, use_bf16
 from histoflow.io import atomic_path, write_json
 from histoflow.models.checkpoint import save_model
-from histoflow.models.encoder import create_encoder
+from histoflow.models.encoder import create_encoder_from_params, encoder_description
 from histoflow.models.lightning import EncoderClassifier, History
 from histoflow.stages._tables import VALIDATED_MANIFEST, class_names, read_manifest
 
@@ -60,7 +60,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     }
     device = pick_device(p.accelerator)
     bf16 = use_bf16(device, p.precision)
-    encoder = create_encoder(p.backbone, pretrained=p.pretrained)
+    encoder = create_encoder_from_params(p)
     module = EncoderClassifier(
         encoder, len(classes), lr=p.lr, weight_decay=p.weight_decay, epochs=p.epochs
     )
@@ -89,11 +89,8 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         outputs.model,
         module.encoder,
         {
-            "backbone": p.backbone,
-            "num_features": int(encoder.num_features),
+            **encoder_description(p, encoder),
             "image_size": cfg.data.image_size,
-            "mean": IMAGENET_MEAN,
-            "std": IMAGENET_STD,
             "classes": classes,
         },
     )
