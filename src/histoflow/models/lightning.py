@@ -155,7 +155,7 @@ class EncoderClassifier(_ClassifierBase):
             names = [self.sample_names[int(i)] for i in index]
             where += f"; the batch's images: {', '.join(names)}"
         raise FloatingPointError(
-            f"training loss is {float(loss)} at {where}. Check these images and lower "
+            f"training loss is {float(loss.detach())} at {where}. Check these images and lower "
             "train_encoder.lr / backbone_lr, or keep grad_clip set"
         )
 

@@ -257,8 +257,8 @@ def train_loader(
         sampler=sampler,
         num_workers=p.num_workers,
         persistent_workers=p.num_workers > 0,
-        # A last batch of one image breaks batch norm in training mode.
-        drop_last=len(dataset) > p.batch_size,
+        # Only a last batch of one image is dropped: it breaks batch norm in training mode.
+        drop_last=len(dataset) % p.batch_size == 1,
     )
 
 
