@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 __all__ = [
+    "AugmentConfig",
     "CaptionsConfig",
     "ConfigError",
     "DataConfig",
@@ -117,6 +118,31 @@ class CaptionsConfig(_Section):
     gallery_per_class: int = Field(4, ge=0)
 
 
+class AugmentConfig(_Section):
+    """Training-time augmentation of ``train_encoder`` (validation and inference see none)."""
+
+    hflip: float = Field(0.5, ge=0, le=1)  # probability of a horizontal flip
+    vflip: float = Field(0.5, ge=0, le=1)  # probability of a vertical flip
+    rot90: bool = True  # a random multiple of 90 degrees
+    resized_crop: tuple[float, float] | None = None  # area range of a random resized crop
+    brightness: float = Field(0.0, ge=0)  # colour jitter factors (torchvision ColorJitter)
+    contrast: float = Field(0.0, ge=0)
+    saturation: float = Field(0.0, ge=0)
+    hue: float = Field(0.0, ge=0, le=0.5)
+    stain_scale: float = Field(0.0, ge=0, lt=1)  # H&E jitter: HED channels scaled by 1 +- this
+    stain_shift: float = Field(0.0, ge=0, le=1)  # and shifted by +- this (optical density)
+
+    @model_validator(mode="after")
+    def _crop_range(self) -> AugmentConfig:
+        if self.resized_crop is not None:
+            lo, hi = self.resized_crop
+            if not 0 < lo <= hi <= 1:
+                raise ValueError(
+                    f"resized_crop {list(self.resized_crop)} must be [lo, hi], 0 < lo <= hi <= 1"
+                )
+        return self
+
+
 class TrainEncoderConfig(_Section):
     backbone: str = (
         "resnet18"  # timm name, foundation-model id (models.foundation.PRESETS) or hybrid
@@ -128,14 +154,38 @@ class TrainEncoderConfig(_Section):
     weights_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")  # required with weights
     timm_kwargs: dict[str, Any] = Field(default_factory=dict)  # extra timm.create_model kwargs
     pooling: Literal["cls", "cls+mean"] | None = None  # transformers: None = the preset's
+    finetune: Literal["full", "partial", "linear_probe"] = "full"
+    unfreeze_blocks: int = Field(2, ge=0)  # partial: trainable last blocks (timm groups)
+    unfreeze_at: dict[int, int] = {}  # partial: {epoch: last blocks trainable from then on}
     epochs: int = Field(8, ge=1)
     batch_size: int = Field(32, ge=1)
-    lr: float = Field(2e-3, gt=0)
+    lr: float = Field(2e-3, gt=0)  # the head's peak learning rate
+    backbone_lr: float | None = Field(None, gt=0)  # the backbone's; null = lr
     weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)  # linear warm-up, then cosine decay (per step)
+    grad_clip: float | None = Field(1.0, gt=0)  # max gradient norm; null = no clipping
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    balanced_sampler: bool = False  # draw classes equally often (weighted random sampler)
+    class_weighted_loss: bool = False  # cross-entropy weighted by inverse class frequency
+    patience: int = Field(5, ge=1)  # early stopping on validation macro recall
+    crop_to_foreground: bool = False  # MRI/CT: crop to the non-background box (also at inference)
+    augment: AugmentConfig = AugmentConfig()
     precision: Literal["auto", "bf16", "32"] = "auto"
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    devices: int | Literal["auto"] = 1  # Lightning Trainer devices, num_nodes, strategy
+    num_nodes: int = Field(1, ge=1)
+    strategy: Literal["auto", "ddp", "ddp_spawn", "fsdp", "deepspeed"] = "auto"
     num_workers: int = Field(0, ge=0)
     seed: int = 42
+
+    @model_validator(mode="after")
+    def _milestones(self) -> TrainEncoderConfig:
+        if self.unfreeze_at and self.finetune != "partial":
+            raise ValueError("unfreeze_at is read only with finetune: partial")
+        bad = {e: n for e, n in self.unfreeze_at.items() if e < 0 or n < 0}
+        if bad:
+            raise ValueError(f"unfreeze_at {bad}: epochs and block counts must be >= 0")
+        return self
 
 
 class EmbedConfig(_Section):

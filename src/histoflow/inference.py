@@ -36,7 +36,11 @@ class ImageEmbedder:
         self.bf16 = use_bf16(self.device, precision)
         self.encoder = self.encoder.to(self.device, memory_format=torch.channels_last)
         self.grid = grid
-        self.transform = create_transform(self.meta["image_size"], train=False)
+        self.transform = create_transform(
+            self.meta["image_size"],
+            train=False,
+            crop_to_foreground=self.meta.get("crop_to_foreground", False),
+        )
 
     @torch.inference_mode()
     def embed_tensor(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,6 +6,10 @@ optimisation.
 
 from __future__ import annotations
 
+import functools
+import math
+from collections.abc import Mapping, Sequence
+
 import lightning as L
 import numpy as np
 import torch
@@ -13,8 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from histoflow.evaluation.metrics import macro_recall
+from histoflow.models.finetune import freeze_norm_stats, set_trainable_blocks, trainable_blocks
 
-__all__ = ["EncoderClassifier", "FusionClassifier", "History"]
+__all__ = ["EncoderClassifier", "FusionClassifier", "History", "warmup_cosine"]
 
 
 class _ClassifierBase(L.LightningModule):
@@ -34,10 +39,15 @@ class _ClassifierBase(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if not self._val_true:
             return
-        y = torch.cat(self._val_true).numpy()
-        p = torch.cat(self._val_pred).numpy()
+        y, p = torch.cat(self._val_true), torch.cat(self._val_pred)
         self._val_true.clear()
         self._val_pred.clear()
+        if self._trainer is not None and self.trainer.world_size > 1:
+            # DDP: each rank saw a shard of the validation set; every rank scores all of it, so
+            # early stopping and checkpointing agree (DistributedSampler makes shards equal).
+            y = self.all_gather(y.to(self.device)).flatten().cpu()
+            p = self.all_gather(p.to(self.device)).flatten().cpu()
+        y, p = y.numpy(), p.numpy()
         self.log("val_macro_recall", macro_recall(y, p, self.num_classes), prog_bar=True)
         self.log("val_accuracy", float(np.mean(y == p)))
 
@@ -48,7 +58,13 @@ class _ClassifierBase(L.LightningModule):
 
 
 class EncoderClassifier(_ClassifierBase):
-    """A backbone plus a linear head, trained with cross-entropy."""
+    """A backbone plus a linear head, trained with (weighted, smoothed) cross-entropy.
+
+    Which backbone blocks train is decided per epoch (``finetune``, see
+    :mod:`histoflow.models.finetune`); frozen batch norms keep their running statistics. The
+    optimiser is AdamW with separate learning rates for backbone and head, no weight decay on
+    biases and norms, and a per-step linear warm-up then cosine decay to zero.
+    """
 
     def __init__(
         self,
@@ -58,29 +74,114 @@ class EncoderClassifier(_ClassifierBase):
         lr: float,
         weight_decay: float,
         epochs: int,
+        backbone_lr: float | None = None,
+        finetune: str = "full",
+        unfreeze_blocks: int = 0,
+        unfreeze_at: Mapping[int, int] | None = None,
+        warmup_epochs: float = 0.0,
+        label_smoothing: float = 0.0,
+        class_weights: torch.Tensor | None = None,
+        sample_names: Sequence[str] | None = None,
         channels_last: bool = False,
     ):
         super().__init__(num_classes, lr, weight_decay, epochs)
         self.encoder = encoder
         self.head = nn.Linear(encoder.num_features, num_classes)
+        self.backbone_lr = lr if backbone_lr is None else backbone_lr
+        self.finetune, self.unfreeze_blocks = finetune, unfreeze_blocks
+        self.unfreeze_at = dict(unfreeze_at or {})
+        self.warmup_epochs, self.label_smoothing = warmup_epochs, label_smoothing
+        self.register_buffer("class_weights", class_weights, persistent=False)  # (C,) or None
+        self.sample_names = sample_names  # names the images of a batch whose loss is not finite
         self.channels_last = channels_last
+        # Before any wrapping (DDP registers the trainable parameters once, at set-up).
+        self._apply_finetune(epoch=0)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.head(self.encoder(images))  # (B, C)
 
-    def training_step(self, batch, _):
-        images, y = batch
-        loss = F.cross_entropy(self(images), y)
+    def training_step(self, batch, batch_idx):
+        images, y, *index = batch  # index: dataset positions, when the dataset returns them
+        loss = F.cross_entropy(
+            self(images), y, weight=self.class_weights, label_smoothing=self.label_smoothing
+        )
+        self._check_finite(loss, batch_idx, index[0] if index else None)
         self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True)
         return loss
 
     def validation_step(self, batch, _):
-        images, y = batch
+        images, y, *_ = batch
         logits = self(images)
         self.log("val_loss", F.cross_entropy(logits, y), on_epoch=True)
         self._record(logits, y)
+
+    def on_train_epoch_start(self) -> None:
+        self._apply_finetune(self.current_epoch)
+
+    def train(self, mode: bool = True) -> EncoderClassifier:
+        super().train(mode)
+        if mode:
+            freeze_norm_stats(self.encoder)
+        return self
+
+    def configure_optimizers(self):
+        groups = _decay_groups(self.encoder, self.backbone_lr, self.weight_decay)
+        groups += _decay_groups(self.head, self.lr, self.weight_decay)
+        opt = torch.optim.AdamW(groups)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = round(self.warmup_epochs * total / max(self.trainer.max_epochs or 1, 1))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, functools.partial(warmup_cosine, warmup_steps=warmup, total_steps=total)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _apply_finetune(self, epoch: int) -> None:
+        n = trainable_blocks(self.finetune, epoch, self.unfreeze_blocks, self.unfreeze_at)
+        set_trainable_blocks(self.encoder, n)
+        if self.training:
+            freeze_norm_stats(self.encoder)
+
+    def _check_finite(self, loss: torch.Tensor, batch_idx: int, index) -> None:
+        finite = bool(torch.isfinite(loss.detach()))
+        if self._trainer is not None and self.trainer.world_size > 1:
+            # Every rank must stop together, or the others wait in the next all-reduce.
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
+            return
+        where = f"step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
+        if index is not None and self.sample_names is not None:
+            names = [self.sample_names[int(i)] for i in index]
+            where += f"; the batch's images: {', '.join(names)}"
+        raise FloatingPointError(
+            f"training loss is {float(loss.detach())} at {where}. Check these images and lower "
+            "train_encoder.lr / backbone_lr, or keep grad_clip set"
+        )
+
+
+def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int) -> float:
+    """Learning-rate factor at optimiser ``step``: linear warm-up to 1, then cosine to 0.
+
+    Step 0 already gets ``1 / (warmup_steps + 1)`` so that the first update is not wasted.
+    """
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    decay = max(total_steps - warmup_steps, 1)
+    progress = min((step - warmup_steps) / decay, 1.0)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _decay_groups(module: nn.Module, lr: float, weight_decay: float) -> list[dict]:
+    # Biases and norm weights (1-D) are not decayed: decay would only shrink their scale.
+    params = list(module.parameters())
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    groups = [
+        {"params": decay, "lr": lr, "weight_decay": weight_decay},
+        {"params": no_decay, "lr": lr, "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
 
 
 class FusionClassifier(_ClassifierBase):
@@ -114,13 +215,40 @@ class FusionClassifier(_ClassifierBase):
 
 
 class History(L.Callback):
-    """Collects epoch-level metrics for a training-curve plot."""
+    """Collects one row of metrics per epoch for the training-curve plot, and keeps them in
+    checkpoints so that a resumed run continues the same curve.
+
+    The row is written at the end of each epoch's validation (before the checkpoint of that
+    epoch is saved), with the epoch's mean training loss measured here, its validation metrics
+    and the learning rate of the first parameter group.
+    """
 
     def __init__(self):
         self.rows: list[dict] = []
+        self._loss_sum, self._batches = 0.0, 0
 
-    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        # Runs after the epoch's validation, so train and val metrics are both current.
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._loss_sum, self._batches = 0.0, 0
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
+        if loss is not None:
+            self._loss_sum = loss.detach() + self._loss_sum  # stays on the device
+            self._batches += 1
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
         row = {"epoch": trainer.current_epoch}
         row.update({k: float(v) for k, v in trainer.callback_metrics.items()})
-        self.rows.append(row)
+        if self._batches:
+            row["train_loss"] = float(self._loss_sum) / self._batches
+        if trainer.optimizers:
+            row["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
+        self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
+
+    def state_dict(self) -> dict:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.rows = list(state_dict["rows"])

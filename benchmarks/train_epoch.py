@@ -1,0 +1,193 @@
+"""One training epoch of ``train_encoder``'s LightningModule + Trainer against a bare PyTorch loop.
+
+Usage::
+
+    python benchmarks/train_epoch.py [--quick] [--repeats 3] [--backbone resnet18]
+
+Both sides train the same timm backbone (fresh, same seed) with a linear head on the same
+synthetic tiles, through the stage's own training DataLoader (same augmentation, batch size
+and workers), with the same dtype (bf16 autocast where :func:`histoflow.device.use_bf16` says
+so), AdamW, per-step warm-up + cosine schedule, label-smoothed cross-entropy and gradient
+clipping. The Lightning side is :func:`histoflow.stages.train_encoder.build_module` and
+``build_trainer`` (validation and checkpoint files off, so both do the same work). Each repeat
+runs both, in alternating order; the ratio is bare epoch time / Lightning epoch time of the same
+repeat (1.0 = no overhead). Target (issue #5): at least 0.85.
+
+Writes ``benchmarks/results/train_epoch.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from _machine import machine_info  # benchmarks/ is on sys.path when run as a script
+
+from histoflow.config import TrainEncoderConfig
+from histoflow.data.synthetic import generate
+from histoflow.device import autocast, pick_device, use_bf16
+from histoflow.io import write_json
+from histoflow.models.encoder import create_encoder
+from histoflow.models.lightning import warmup_cosine
+from histoflow.stages.train_encoder import build_module, build_trainer, train_loader
+
+__all__ = ["run"]
+
+RESULTS = Path(__file__).parent / "results" / "train_epoch.json"
+TARGET_RATIO = 0.85
+
+
+def run(
+    quick: bool = False, repeats: int = 3, backbone: str | None = None, size: int = 64
+) -> list[dict]:
+    """Time one epoch both ways, ``repeats`` times; figures in the shared benchmark format."""
+    backbone = backbone or ("test_resnet" if quick else "resnet18")
+    per_class = 16 if quick else 64
+    p = TrainEncoderConfig(backbone=backbone, batch_size=32, epochs=1, warmup_epochs=0.5)
+    device = pick_device(p.accelerator)
+    bf16 = use_bf16(device, p.precision)
+    lightning_s, bare_s = [], []
+    with tempfile.TemporaryDirectory(prefix="train_epoch_") as tmp:
+        manifest = generate(Path(tmp) / "data", classes=4, per_class=per_class, size=size, seed=0)
+        rows = _read_rows(manifest)
+        classes = sorted({label for _, label in rows})
+        paths = [path for path, _ in rows]
+        labels = [classes.index(label) for _, label in rows]
+        loader = functools.partial(train_loader, p, Path(tmp) / "data", paths, labels, size)
+        _bare_epoch(p, loader(), len(classes), device, bf16, max_steps=2)  # warm-up kernels
+        for i in range(repeats):
+            order = (
+                [_lightning_epoch, _bare_epoch] if i % 2 == 0 else [_bare_epoch, _lightning_epoch]
+            )
+            for fn in order:
+                seconds = fn(p, loader(), len(classes), device, bf16)
+                (lightning_s if fn is _lightning_epoch else bare_s).append(seconds)
+    n = len(paths)
+    notes = (
+        f"{backbone}, {n} tiles of {size} px, batch {p.batch_size}, "
+        f"{'bf16 autocast' if bf16 else 'fp32'} on {device.type}"
+    )
+    return [
+        {
+            "figure": "train epoch, Lightning (stage module + Trainer)",
+            "unit": "s",
+            "samples": lightning_s,
+            "notes": notes,
+        },
+        {
+            "figure": "train epoch, bare PyTorch loop",
+            "unit": "s",
+            "samples": bare_s,
+            "notes": notes,
+        },
+        {
+            "figure": "train epoch speed, Lightning / bare loop",
+            "unit": "ratio",
+            "samples": [b / li for b, li in zip(bare_s, lightning_s, strict=True)],
+            "target": f">= {TARGET_RATIO}",
+            "notes": notes,
+        },
+    ]
+
+
+def _read_rows(manifest: Path) -> list[tuple[str, str]]:
+    import pandas as pd
+
+    table = pd.read_csv(manifest)
+    return list(zip(table["path"], table["label"], strict=True))
+
+
+def _lightning_epoch(p, loader, num_classes, device, bf16) -> float:
+    torch.manual_seed(0)
+    labels = [int(y) for y in loader.dataset.labels]
+    module = build_module(p, create_encoder(p.backbone), num_classes, labels)
+    timer = _EpochTimer()
+    trainer = build_trainer(
+        p,
+        device,
+        bf16,
+        callbacks=[timer],
+        limit_val_batches=0,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+    )
+    trainer.fit(module, loader)
+    return timer.seconds
+
+
+def _bare_epoch(p, loader, num_classes, device, bf16, max_steps: int | None = None) -> float:
+    torch.manual_seed(0)
+    encoder = create_encoder(p.backbone)
+    model = torch.nn.Sequential(encoder, torch.nn.Linear(encoder.num_features, num_classes))
+    model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    total = len(loader)
+    warmup = round(p.warmup_epochs * total)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, functools.partial(warmup_cosine, warmup_steps=warmup, total_steps=total)
+    )
+    started = time.perf_counter()
+    for step, (images, y, _) in enumerate(loader):
+        if max_steps is not None and step >= max_steps:
+            break
+        images, y = images.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast(device, bf16):
+            loss = F.cross_entropy(model(images), y, label_smoothing=p.label_smoothing)
+        if not torch.isfinite(loss):  # the stage checks every step too
+            raise FloatingPointError(f"loss {loss.item()} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if p.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
+        opt.step()
+        sched.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+class _EpochTimer(L.Callback):
+    """Wall time of the training epoch alone (not the Trainer's set-up and tear-down)."""
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        if module.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.seconds = time.perf_counter() - self._start
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="test_resnet on 64 tiles")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--backbone", default=None, help="timm model (default resnet18)")
+    parser.add_argument("--size", type=int, default=64, help="tile side in pixels")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    load_before = os.getloadavg()
+    figures = run(args.quick, args.repeats, args.backbone, args.size)
+    print("| figure | unit | median | samples | target |\n|---|---|---|---|---|")
+    for f in figures:
+        samples = ", ".join(f"{s:.3f}" for s in f["samples"])
+        print(
+            f"| {f['figure']} | {f['unit']} | {statistics.median(f['samples']):.3f} | "
+            f"{samples} | {f.get('target', '')} |"
+        )
+    print(f"\n{figures[0]['notes']}")
+    write_json(args.out, {"figures": figures, "machine": machine_info(load_before)})
+    print(f"wrote {args.out}")
+    return figures
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""train_encoder's recipe on tiny data: sampler, bad input, resume after a kill, 2-process DDP.
+
+The subprocess tests run the real ``histoflow stage train_encoder`` command in a folder laid
+out like a project (data, the validated manifest, params.yaml), as ``dvc repro`` does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from conftest import tiny_params_dict
+from histoflow.config import TrainEncoderConfig, parse_params
+from histoflow.stages import train_encoder, validate
+from histoflow.stages._tables import VALIDATED_MANIFEST
+
+HISTOFLOW = str(Path(sys.executable).parent / "histoflow")
+
+
+@pytest.fixture(scope="module")
+def validated(tmp_path_factory, tiny_data, tiny_params) -> Path:
+    """A project folder with the tiny data and its validated manifest (copy before use)."""
+    root = tmp_path_factory.mktemp("train_encoder") / "project"
+    shutil.copytree(tiny_data, root / "data")
+    validate.run(
+        tiny_params,
+        validate.Inputs(data=root / "data"),
+        validate.Outputs(
+            manifest=root / VALIDATED_MANIFEST,
+            report=root / "reports/validation",
+            metrics=root / "metrics/validate.json",
+        ),
+    )
+    return root
+
+
+def _project(validated: Path, tmp_path: Path, **train_encoder) -> Path:
+    root = tmp_path / "project"
+    shutil.copytree(validated, root)
+    raw = tiny_params_dict(train_encoder=train_encoder)
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return root
+
+
+def _io(root: Path) -> tuple[train_encoder.Inputs, train_encoder.Outputs]:
+    out = train_encoder.Outputs()
+    return (
+        train_encoder.Inputs(data=root / "data", manifest=root / VALIDATED_MANIFEST),
+        train_encoder.Outputs(*(root / getattr(out, f) for f in out.__dataclass_fields__)),
+    )
+
+
+def _stage(root: Path, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.Popen(
+        [HISTOFLOW, "stage", "train_encoder"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
+
+
+def test_balanced_sampler_draws_classes_equally(tmp_path):
+    labels = [0] * 60 + [1] * 15 + [2] * 5  # 12 : 3 : 1
+    paths = [f"{i}.png" for i in range(len(labels))]  # never opened: only indices are drawn
+
+    def shares(balanced: bool) -> torch.Tensor:
+        p = TrainEncoderConfig(batch_size=16, balanced_sampler=balanced)
+        loader = train_encoder.train_loader(p, tmp_path, paths, labels, 32)
+        drawn = [labels[i] for _ in range(25) for batch in loader.batch_sampler for i in batch]
+        return torch.bincount(torch.tensor(drawn), minlength=3) / len(drawn)
+
+    torch.testing.assert_close(shares(True), torch.full((3,), 1 / 3), atol=0.04, rtol=0)
+    torch.testing.assert_close(
+        shares(False), torch.tensor([0.75, 0.1875, 0.0625]), atol=0.02, rtol=0
+    )
+
+
+def test_class_weighted_loss_weights_inverse_frequency():
+    from histoflow.models.encoder import create_encoder
+
+    p = TrainEncoderConfig(class_weighted_loss=True, label_smoothing=0.1)
+    module = train_encoder.build_module(p, create_encoder("test_resnet"), 2, [0] * 6 + [1] * 2)
+    torch.testing.assert_close(module.class_weights, torch.tensor([8 / 12, 8 / 4]))
+    unweighted = train_encoder.build_module(
+        TrainEncoderConfig(), create_encoder("test_resnet"), 2, [0] * 6 + [1] * 2
+    )
+    assert unweighted.class_weights is None
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_empty_split_is_named(validated, tmp_path, tiny_params, split):
+    root = tmp_path / "p"
+    shutil.copytree(validated, root)
+    manifest = pd.read_parquet(root / VALIDATED_MANIFEST)
+    other = "val" if split == "train" else "train"
+    manifest.loc[manifest["split"] == split, "split"] = other
+    manifest.to_parquet(root / VALIDATED_MANIFEST)
+    with pytest.raises(ValueError, match=f"the {split} split of .*manifest.parquet has no images"):
+        train_encoder.run(tiny_params, *_io(root))
+
+
+def test_non_finite_loss_names_step_and_images(validated, tmp_path):
+    # An absurd learning rate blows the weights up after the first step: the loss of the
+    # next batch is not finite, and training must stop there with that batch's images named.
+    cfg = parse_params(
+        tiny_params_dict(
+            train_encoder={"lr": 1e30, "warmup_epochs": 0, "grad_clip": None, "epochs": 2}
+        )
+    )
+    root = tmp_path / "p"
+    shutil.copytree(validated, root)
+    with pytest.raises(FloatingPointError, match=r"at step \d+ \(epoch \d, batch \d\).*\.png"):
+        train_encoder.run(cfg, *_io(root))
+    assert not (root / "outputs/train_encoder/model").exists()
+
+
+def test_resume_or_reset(tmp_path):
+    folder = tmp_path / "ckpt"
+    assert train_encoder._resume_or_reset(folder, "a", write=True) is None  # nothing yet
+    (folder / "last.ckpt").write_bytes(b"x")
+    assert train_encoder._resume_or_reset(folder, "a", write=True) == str(folder / "last.ckpt")
+    assert train_encoder._resume_or_reset(folder, "b", write=True) is None  # other config/data
+    assert not (folder / "last.ckpt").exists()
+    (folder / "last.ckpt").write_bytes(b"x")
+    (folder / "fingerprint.json").write_text(json.dumps({"fingerprint": "b", "complete": True}))
+    assert train_encoder._resume_or_reset(folder, "b", write=True) is None  # finished: fresh
+
+
+def test_killed_run_resumes_from_its_last_epoch(validated, tmp_path):
+    epochs = 6
+    root = _project(validated, tmp_path, epochs=epochs, patience=epochs, batch_size=8)
+    last = root / "outputs/.train_encoder_checkpoints/last.ckpt"
+    proc = _stage(root)
+    deadline = time.monotonic() + 300
+    while not last.exists():
+        assert proc.poll() is None, (
+            f"stage ended before its first checkpoint:\n{proc.stdout.read()}"
+        )
+        assert time.monotonic() < deadline, "no checkpoint after 300 s"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved_epoch = torch.load(last, weights_only=True)["epoch"]
+    assert saved_epoch < epochs - 1, "the run finished before it could be killed"
+    assert not (root / "outputs/train_encoder/model").exists()
+
+    proc = _stage(root)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output
+    metrics = json.loads((root / "metrics/train_encoder.json").read_text())
+    assert metrics["resumed_from_epoch"] == saved_epoch + 1 >= 1
+    assert metrics["epochs_this_run"] == epochs - saved_epoch - 1
+    history = pd.read_csv(root / "outputs/train_encoder/history.csv")
+    assert history["epoch"].tolist() == list(range(epochs))  # one curve across both processes
+    assert (root / "outputs/train_encoder/model/weights.safetensors").is_file()
+
+
+def test_two_process_ddp_writes_one_checkpoint(validated, tmp_path):
+    root = _project(
+        validated,
+        tmp_path,
+        epochs=2,
+        batch_size=4,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+    )
+    proc = _stage(root)
+    output, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, output
+    metrics = json.loads((root / "metrics/train_encoder.json").read_text())
+    n_train = (pd.read_parquet(root / VALIDATED_MANIFEST)["split"] == "train").sum()
+    assert metrics["world_size"] == 2
+    # Each process trained on half the data: half the steps of a single process.
+    assert metrics["global_step"] == 2 * -(-n_train // (2 * 4))
+    assert len(pd.read_csv(root / "outputs/train_encoder/history.csv")) == 2
+    ckpts = root / "outputs/.train_encoder_checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["best.ckpt", "fingerprint.json", "last.ckpt"]
+    # The exported encoder is the best checkpoint's.
+    from safetensors.torch import load_file
+
+    exported = load_file(root / "outputs/train_encoder/model/weights.safetensors")
+    best = torch.load(ckpts / "best.ckpt", weights_only=True)["state_dict"]
+    for name, tensor in exported.items():
+        torch.testing.assert_close(tensor, best[f"encoder.{name}"])
