@@ -50,12 +50,17 @@ def _is_vit(module: nn.Module) -> bool:
     return blocks is not None and len(blocks) > 0 and hasattr(blocks[0], "attn")
 
 
-def _cam_layer(module: nn.Module) -> nn.Module:
-    """The last feature stage of a CNN: timm's ``feature_info``, else its last Conv2d."""
+def _cam_layer(module: nn.Module, image_size: int) -> nn.Module:
+    """The deepest CNN stage whose map is at least 4 x 4 for this image size.
+
+    Small tiles (32-64 px) shrink to 1 x 1 or 2 x 2 in the last stage, where Grad-CAM is a
+    constant; timm's ``feature_info`` gives every stage's reduction. Without it: the last Conv2d.
+    """
     info = getattr(module, "feature_info", None)
     if info:
-        last = info[-1]
-        return module.get_submodule(last["module"] if isinstance(last, dict) else last.module)
+        stages = [i if isinstance(i, dict) else vars(i) for i in info]
+        fine = [s for s in stages if image_size // s["reduction"] >= 4] or stages[:1]
+        return module.get_submodule(fine[-1]["module"])
     convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise ValueError(f"{type(module).__name__}: no convolution to explain with Grad-CAM")
@@ -127,7 +132,7 @@ def explain_maps(
         if _is_vit(branch):
             out.append((f"attention rollout{name}", _rollout(model, branch, images)))
             continue
-        with GradCAM(model=model, target_layers=[_cam_layer(branch)]) as cam:
+        with GradCAM(model=model, target_layers=[_cam_layer(branch, images.shape[-1])]) as cam:
             maps = cam(
                 input_tensor=images, targets=[ClassifierOutputTarget(int(t)) for t in targets]
             )
