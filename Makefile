@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 HF := $(BIN)/histoflow
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format ui clean-outputs
+.PHONY: install browser demo test lint format ui clean-outputs
 
 install: $(STAMP)
 
@@ -42,7 +42,14 @@ demo: install
 	done; \
 	echo "MLflow and Prefect UIs: make ui"
 
-test: install
+# The evaluation report's test renders it in headless Chromium (Debian's, never a download
+# by playwright); installed only when missing.
+browser:
+	@test -x /usr/bin/chromium || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
+
+test: install browser
 	$(BIN)/python -m pytest
 
 lint: install

@@ -38,7 +38,7 @@ TINY = {
         "patience": 6,
         "lr": 0.003,
     },
-    "evaluate": {"batch_size": 64},
+    "evaluate": {"batch_size": 64, "bootstrap": 200},
 }
 # (mean, std) of each per-image QC feature, for monitoring tests that need realistic tables
 # without images; the scales differ on purpose.

@@ -16,6 +16,7 @@ __all__ = [
     "AugmentConfig",
     "CaptionsConfig",
     "ConfigError",
+    "CrossGroupConfig",
     "DataConfig",
     "EmbedConfig",
     "EvaluateConfig",
@@ -204,6 +205,13 @@ class TrainFusionConfig(_Section):
     heads: int = Field(4, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)
     classifier_heads: int = Field(5, ge=1)
+    attention: Literal["one_way", "two_way"] = "one_way"  # two_way: the caption attends back
+    # Variants trained beside the fusion model and evaluated side by side; () = fusion only.
+    ablations: tuple[Literal["image_only", "text_only", "concat"], ...] = (
+        "image_only",
+        "text_only",
+        "concat",
+    )
     epochs: int = Field(60, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, ge=0)
@@ -218,8 +226,21 @@ class TrainFusionConfig(_Section):
         return self
 
 
+class CrossGroupConfig(_Section):
+    """Train a fusion head on one group's train rows; test it on every group's test rows."""
+
+    column: str = "magnification"  # a manifest column (e.g. magnification, site, modality)
+    train_on: str = "40x"  # the value whose rows train the head
+
+
 class EvaluateConfig(_Section):
     batch_size: int = Field(256, ge=1)
+    bootstrap: int = Field(1000, ge=10)  # resamples for the 95% confidence intervals
+    seed: int = 0  # of the bootstrap resamples
+    ece_bins: int = Field(15, ge=2)  # equal-width confidence bins of the calibration error
+    extra_group_columns: tuple[str, ...] = ("patient_id",)  # breakdowns beyond data.group_columns
+    cross_group: CrossGroupConfig | None = None  # null = no cross-group protocol
+    explain_per_class: int = Field(2, ge=0)  # Grad-CAM panels: correct and wrong tiles per class
 
 
 class RegistryConfig(_Section):

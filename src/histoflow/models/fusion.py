@@ -21,27 +21,46 @@ class FusionConfig:
     heads: int = 4
     dropout: float = 0.1
     classifier_heads: int = 5
+    # one_way: image tokens attend to the caption; two_way: the caption also attends back to the
+    # image tokens in every block. Older model folders have no key and load as one_way.
+    attention: str = "one_way"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 class _Block(nn.Module):
-    """Self-attention over [cls, image tokens], then cross-attention from them to the caption."""
+    """Self-attention over [cls, image tokens], then cross-attention from them to the caption.
 
-    def __init__(self, width: int, heads: int, dropout: float):
+    With ``two_way`` the caption tokens first attend to the image tokens (and get an MLP), so
+    each side is updated by the other before the image side reads the caption.
+    """
+
+    def __init__(self, width: int, heads: int, dropout: float, two_way: bool = False):
         super().__init__()
+        self.two_way = two_way
+        if two_way:
+            self.norm_t = nn.LayerNorm(width)
+            self.norm_t_kv = nn.LayerNorm(width)
+            self.text_attn = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
+            self.norm_t_mlp = nn.LayerNorm(width)
+            self.text_mlp = _mlp(width, dropout)
         self.norm_self = nn.LayerNorm(width)
         self.self_attn = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
         self.norm_q = nn.LayerNorm(width)
         self.norm_kv = nn.LayerNorm(width)
         self.cross_attn = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
         self.norm_mlp = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(
-            nn.Linear(width, 4 * width), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * width, width)
-        )
+        self.mlp = _mlp(width, dropout)
 
-    def forward(self, x: torch.Tensor, text: torch.Tensor, text_pad: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, text: torch.Tensor, text_pad: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, 1+T, W) image side, text (B, L, W); returns both, updated."""
+        if self.two_way:
+            kv = self.norm_t_kv(x)
+            text = text + self.text_attn(self.norm_t(text), kv, kv, need_weights=False)[0]
+            text = text + self.text_mlp(self.norm_t_mlp(text))
         h = self.norm_self(x)
         x = x + self.self_attn(h, h, h, need_weights=False)[0]
         kv = self.norm_kv(text)
@@ -51,7 +70,13 @@ class _Block(nn.Module):
                 self.norm_q(x), kv, kv, key_padding_mask=text_pad, need_weights=False
             )[0]
         )
-        return x + self.mlp(self.norm_mlp(x))
+        return x + self.mlp(self.norm_mlp(x)), text
+
+
+def _mlp(width: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(width, 4 * width), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * width, width)
+    )
 
 
 class FusionNet(nn.Module):
@@ -66,7 +91,12 @@ class FusionNet(nn.Module):
         self.cls = nn.Parameter(torch.zeros(1, 1, w))
         self.pos = nn.Parameter(torch.zeros(1, 1 + cfg.image_tokens, w))
         nn.init.trunc_normal_(self.pos, std=0.02)
-        self.blocks = nn.ModuleList(_Block(w, cfg.heads, cfg.dropout) for _ in range(cfg.layers))
+        if cfg.attention not in ("one_way", "two_way"):
+            raise ValueError(f"attention must be one_way or two_way, got {cfg.attention!r}")
+        two_way = cfg.attention == "two_way"
+        self.blocks = nn.ModuleList(
+            _Block(w, cfg.heads, cfg.dropout, two_way) for _ in range(cfg.layers)
+        )
         self.norm = nn.LayerNorm(w)
         self.dropout = nn.Dropout(cfg.dropout)
         self.heads = nn.ModuleList(
@@ -92,7 +122,7 @@ class FusionNet(nn.Module):
         pad = ~text_mask.bool()
         pad[:, 0] = False  # an empty caption must not leave attention with nothing to attend to
         for block in self.blocks:
-            x = block(x, text, pad)
+            x, text = block(x, text, pad)
         fused = self.dropout(self.norm(x[:, 0]))  # (B, W)
         return torch.stack([head(fused) for head in self.heads], dim=1)
 

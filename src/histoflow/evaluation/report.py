@@ -1,0 +1,221 @@
+"""The evaluation report: one HTML page a person opens in a browser, with its images beside it.
+
+Everything the page shows is in its folder (``index.html`` and ``img/``), referenced by relative
+paths, so the folder can be copied, attached to a run or served as it is.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from histoflow.evaluation.groups import GROUP_METRICS
+from histoflow.evaluation.metrics import HEADLINE
+from histoflow.io import atomic_dir
+
+__all__ = ["write_report"]
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1150px; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #f3f3f3; }
+.ci { color: #777; font-size: 0.85em; }
+.better { color: #1a7f37; font-weight: 600; } .worse { color: #b42318; font-weight: 600; }
+img { max-width: 100%; border: 1px solid #ddd; margin: 0.3em 0; }
+.grid { display: flex; flex-wrap: wrap; gap: 1em; } .grid figure { margin: 0; }
+iframe { width: 100%; height: 520px; border: 1px solid #ccc; }
+"""
+
+
+def write_report(
+    out_dir: Path,
+    metrics: dict,
+    *,
+    plots: Sequence[Path],
+    panels: Sequence[dict],
+    panels_dir: Path | None,
+    caption_gallery: Path | None,
+) -> Path:
+    """Write ``out_dir/index.html`` (atomically, with its ``img/`` folder).
+
+    Args:
+        out_dir: the report folder (replaced as a whole).
+        metrics: ``eval.json``'s content.
+        plots: PNG files to show, copied into ``img/``.
+        panels: explainability panels from :func:`~histoflow.evaluation.explain.write_panels`.
+        panels_dir: the folder holding the panels' files.
+        caption_gallery: ``reports/captions/gallery.html`` to link and embed, if it exists.
+    """
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "img").mkdir()
+        for p in plots:
+            shutil.copy(p, tmp / "img" / Path(p).name)
+        for panel in panels:
+            shutil.copy(Path(panels_dir) / panel["file"], tmp / "img" / panel["file"])
+        gallery = None
+        if caption_gallery is not None and Path(caption_gallery).is_file():
+            # Relative to where the report will live, not to the temporary folder.
+            gallery = os.path.relpath(Path(caption_gallery).resolve(), out_dir.resolve())
+        body = [
+            "<h1>histoflow evaluation</h1>",
+            f"<p>Test split: {metrics['n']} images. Confidence intervals: 95% bootstrap "
+            f"({metrics.get('bootstrap', '?')} resamples).</p>",
+            _headline(metrics),
+            _ablations(metrics.get("ablations", {})),
+            _cross_group(metrics.get("cross_group")),
+            _per_class(metrics["per_class"]),
+            _breakdowns(metrics.get("breakdowns", metrics.get("by_group", {}))),
+            "<h2>Plots</h2>",
+            *(
+                f'<h3>{_e(Path(p).stem.replace("_", " "))}</h3><img src="img/{_e(Path(p).name)}" '
+                f'alt="{_e(Path(p).stem)}">'
+                for p in plots
+            ),
+            _panels(panels),
+            _gallery(gallery),
+        ]
+        page = (
+            "<!doctype html><html><head><meta charset='utf-8'><title>histoflow evaluation</title>"
+            f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n"
+        )
+        (tmp / "index.html").write_text(page, encoding="utf-8")
+    return out_dir / "index.html"
+
+
+def _e(text) -> str:
+    return html.escape(str(text))
+
+
+def _fmt(value, ci=None) -> str:
+    if value is None:
+        return "n/a"
+    text = f"{value:.3f}"
+    if ci and ci[0] is not None:
+        text += f' <span class="ci">[{ci[0]:.3f}, {ci[1]:.3f}]</span>'
+    return text
+
+
+def _headline(m: dict) -> str:
+    rows = "".join(
+        f"<tr><td>{k.replace('_', ' ')}</td><td>{_fmt(m.get(k), m.get('ci', {}).get(k))}</td></tr>"
+        for k in HEADLINE
+    )
+    return (
+        "<h2>Deployed model (cross-attention fusion)</h2>"
+        f"<table><tr><th>metric</th><th>value [95% CI]</th></tr>{rows}</table>"
+        "<p>ece: expected calibration error (lower is better).</p>"
+    )
+
+
+def _ablations(ablations: dict) -> str:
+    if not ablations:
+        return "<h2>Ablations</h2><p>None trained (<code>train_fusion.ablations: []</code>).</p>"
+    head = "".join(f"<th>{k.replace('_', ' ')}</th>" for k in HEADLINE)
+    rows = []
+    for name, a in ablations.items():
+        cmp = a.get("fusion_vs_this")
+        verdict = (
+            "deployed model"
+            if cmp is None
+            else (
+                f"{cmp['difference']:+.3f} {_fmt_ci(cmp['ci'])}: "
+                f"<span class='{cmp['verdict'].split()[0]}'>fusion {cmp['verdict']}</span>"
+            )
+        )
+        cells = "".join(f"<td>{_fmt(a.get(k), a.get('ci', {}).get(k))}</td>" for k in HEADLINE)
+        rows.append(f"<tr><td>{_e(name)}</td>{cells}<td>{verdict}</td></tr>")
+    return (
+        "<h2>Ablations</h2><p>Same training recipe and test split; the last column is fusion's "
+        "macro recall minus the variant's, with a paired bootstrap 95% CI (fusion better or worse "
+        "only when the CI excludes 0).</p>"
+        f"<table><tr><th>model</th>{head}<th>fusion minus model (macro recall)</th></tr>"
+        f"{''.join(rows)}</table>"
+    )
+
+
+def _fmt_ci(ci) -> str:
+    return f'<span class="ci">[{ci[0]:+.3f}, {ci[1]:+.3f}]</span>'
+
+
+def _cross_group(cg: dict | None) -> str:
+    if not cg:
+        return ""
+    if "skipped" in cg:
+        return f"<h2>Cross-group</h2><p>Skipped: {_e(cg['skipped'])}.</p>"
+    head = "".join(f"<th>{k.replace('_', ' ')}</th>" for k in GROUP_METRICS)
+    rows = "".join(
+        f"<tr><td>{_e(g)}{' (in domain)' if r['in_domain'] else ''}</td><td>{r['n']}</td>"
+        + "".join(f"<td>{_fmt(r.get(k), r['ci'].get(k))}</td>" for k in GROUP_METRICS)
+        + "</tr>"
+        for g, r in cg["groups"].items()
+    )
+    return (
+        f"<h2>Cross-group: trained on {_e(cg['column'])} = {_e(cg['train_on'])}</h2>"
+        f"<p>A fusion head with the deployed configuration, trained on the {cg['n_train']} "
+        f"training images of {_e(cg['column'])} {_e(cg['train_on'])} only, tested on each group's "
+        "test images.</p>"
+        f"<table><tr><th>tested on</th><th>n</th>{head}</tr>{rows}</table>"
+    )
+
+
+def _per_class(per_class: dict) -> str:
+    keys = ("precision", "recall", "f1", "auroc", "average_precision", "support")
+    head = "".join(f"<th>{k.replace('_', ' ')}</th>" for k in keys)
+    rows = "".join(
+        f"<tr><td>{_e(c)}</td>"
+        + "".join(f"<td>{v[k] if k == 'support' else _fmt(v[k])}</td>" for k in keys)
+        + "</tr>"
+        for c, v in per_class.items()
+    )
+    return f"<h2>Per class</h2><table><tr><th>class</th>{head}</tr>{rows}</table>"
+
+
+def _breakdowns(by_group: dict) -> str:
+    parts = ["<h2>Breakdowns</h2>"] if by_group else []
+    head = "".join(f"<th>{k.replace('_', ' ')}</th>" for k in GROUP_METRICS)
+    for column, groups in by_group.items():
+        rows = "".join(
+            f"<tr><td>{_e(g)}</td><td>{r['n']}</td>"
+            + "".join(f"<td>{_fmt(r.get(k))}</td>" for k in GROUP_METRICS)
+            + "</tr>"
+            for g, r in groups.items()
+        )
+        table = f"<table><tr><th>{_e(column)}</th><th>n</th>{head}</tr>{rows}</table>"
+        if len(groups) > 12:  # patients: many rows, folded
+            table = f"<details><summary>{len(groups)} groups</summary>{table}</details>"
+        parts.append(f"<h3>by {_e(column)}</h3>{table}")
+    return "".join(parts)
+
+
+def _panels(panels: Sequence[dict]) -> str:
+    if not panels:
+        return (
+            "<h2>Explainability</h2><p>No panels (<code>evaluate.explain_per_class: 0</code>).</p>"
+        )
+    figures = "".join(
+        f'<figure><img src="img/{_e(p["file"])}" alt="explanations for {_e(p["label"])}">'
+        f"<figcaption>{_e(p['label'])}: {len(p['tiles'])} tiles</figcaption></figure>"
+        for p in panels
+    )
+    return (
+        "<h2>Explainability</h2><p>The most confident correct and wrong test tiles per true class. "
+        "Grad-CAM (CNN encoders) targets the predicted class through the whole model: encoder, "
+        "image tokens, fusion with the tile's caption, head-averaged logits. Attention rollout "
+        "(ViT encoders) shows which patches reach the pooled token.</p>"
+        f"<div class='grid'>{figures}</div>"
+    )
+
+
+def _gallery(rel: str | None) -> str:
+    if rel is None:
+        return ""
+    return (
+        f'<h2>Caption gallery</h2><p><a href="{_e(rel)}">Open the caption gallery</a></p>'
+        f'<iframe src="{_e(rel)}" title="caption gallery"></iframe>'
+    )

@@ -1,0 +1,92 @@
+"""Training any fusion variant on cached embeddings: early stopping on validation macro recall.
+
+Shared by ``train_fusion`` (the deployed model and its ablations) and ``evaluate``'s cross-group
+protocol, so every variant is trained by the same recipe.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from histoflow.config import TrainFusionConfig
+from histoflow.models.lightning import FusionClassifier, History
+
+__all__ = ["FitResult", "feature_dataset", "fit_classifier"]
+
+
+@dataclass
+class FitResult:
+    """The trained network (best epoch, eval mode) and what training recorded."""
+
+    net: nn.Module
+    best_val_macro_recall: float
+    epochs_run: int
+    history: list[dict] = field(default_factory=list)
+
+
+def feature_dataset(tensors: dict[str, torch.Tensor], y: torch.Tensor, rows) -> TensorDataset:
+    """(image tokens, caption tokens, caption mask, label) for the selected rows, in float32."""
+    rows = torch.as_tensor(rows)
+    return TensorDataset(
+        tensors["image_tokens"][rows].float(),
+        tensors["text_tokens"][rows].float(),
+        tensors["text_mask"][rows],
+        y[rows],
+    )
+
+
+def fit_classifier(
+    net: nn.Module, train: TensorDataset, val: TensorDataset, p: TrainFusionConfig
+) -> FitResult:
+    """Train ``net`` with :class:`FusionClassifier`; keep the epoch with the best val macro recall.
+
+    Raises:
+        ValueError: when the training or validation set is empty.
+    """
+    if len(train) == 0 or len(val) == 0:
+        raise ValueError(
+            f"cannot train a fusion model on {len(train)} train and {len(val)} val rows; "
+            "each needs at least one image"
+        )
+    L.seed_everything(p.seed, verbose=False)
+    num_classes = net.cfg.num_classes
+    module = FusionClassifier(
+        net, num_classes, lr=p.lr, weight_decay=p.weight_decay, epochs=p.epochs
+    )
+    history = History()
+    with tempfile.TemporaryDirectory(prefix="histoflow-fusion-") as ckpt_dir:
+        best = ModelCheckpoint(
+            dirpath=ckpt_dir, monitor="val_macro_recall", mode="max", save_top_k=1, filename="best"
+        )
+        stop = EarlyStopping(monitor="val_macro_recall", mode="max", patience=p.patience)
+        trainer = L.Trainer(
+            max_epochs=p.epochs,
+            accelerator="auto",
+            devices=1,
+            logger=False,
+            callbacks=[best, stop, history],
+            enable_model_summary=False,
+            enable_checkpointing=True,
+            num_sanity_val_steps=0,
+            enable_progress_bar=False,
+        )
+        trainer.fit(
+            module,
+            DataLoader(train, batch_size=p.batch_size, shuffle=True),
+            DataLoader(val, batch_size=256),
+        )
+        state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
+        module.load_state_dict(state["state_dict"])
+    return FitResult(
+        net=module.net.cpu().eval(),
+        best_val_macro_recall=float(best.best_model_score or 0.0),
+        epochs_run=trainer.current_epoch,
+        history=history.rows,
+    )
