@@ -92,6 +92,8 @@ class ValidateConfig(_Section):
     max_class_ratio: float = Field(10.0, ge=1)
     near_duplicate_distance: int = Field(4, ge=0, le=64)
     qc_failures: Literal["keep", "exclude"] = "keep"  # what to do with blurred / blank images
+    # Drop val/test copies of images in an earlier split: exact (same bytes) or near (pHash).
+    deduplicate: Literal["none", "exact", "near"] = "none"
     workers: int = Field(2, ge=0)  # decoding processes; 0 decodes in this process
     checks: ValidateChecks = ValidateChecks()
 
