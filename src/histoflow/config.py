@@ -7,10 +7,17 @@ names the key and what is allowed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 __all__ = [
     "CaptionsConfig",
@@ -57,7 +64,10 @@ class DataConfig(_Section):
         return self
 
 
-Level = Literal["error", "warning", "off"]
+# YAML 1.1 (PyYAML) reads a bare `off` as false; DVC's YAML 1.2 writer leaves it bare.
+Level = Annotated[
+    Literal["error", "warning", "off"], BeforeValidator(lambda v: "off" if v is False else v)
+]
 
 
 class ValidateChecks(_Section):
