@@ -48,6 +48,7 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     root: Path = Path("data")
     manifest: str = "manifest.csv"
+    label_column: str = Field("label", min_length=1)  # manifest column holding the class
     classes: tuple[str, ...] | None = None
     image_size: int = Field(64, ge=8, le=2048)
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0)

@@ -23,7 +23,8 @@ __all__ = ["STANDINS", "make_standin"]
 # kind -> (synthetic classes used, their labels in the stand-in); None = keep the names.
 _LABELS: dict[str, dict[str, str] | None] = {
     "brats_path": None,
-    "breakhis": {"normal_mucosa": "benign", "tumour": "malignant"},
+    # Labelled like `histoflow data import breakhis`: the subtype, plus binary_label.
+    "breakhis": {"normal_mucosa": "fibroadenoma", "tumour": "ductal_carcinoma"},
     "brain_mri": {
         "adipose": "glioma_tumor",
         "stroma": "meningioma_tumor",
@@ -33,7 +34,14 @@ _LABELS: dict[str, dict[str, str] | None] = {
     "stroke": {"stroma": "normal", "tumour": "stroke"},
 }
 STANDINS = tuple(_LABELS)
-_MAGNIFICATIONS = ("40X", "100X", "200X", "400X")
+_BINARY = {"fibroadenoma": "benign", "ductal_carcinoma": "malignant"}
+_EXTRA_COLUMNS = {
+    "brats_path": ["magnification"],
+    "breakhis": ["magnification", "binary_label"],
+    "brain_mri": [],
+    "stroke": ["modality"],
+}
+_MAGNIFICATIONS = ("40x", "100x", "200x", "400x")
 _MODALITIES = ("CT", "MR")
 
 
@@ -48,8 +56,9 @@ def make_standin(
 ) -> Path:
     """Write the stand-in dataset ``kind`` with a ``manifest.csv``; returns the manifest path.
 
-    ``brats_path``: all 8 synthetic H&E tissue classes. ``breakhis``: benign vs malignant H&E,
-    every patient imaged at 40X, 100X, 200X and 400X (``magnification`` column). ``brain_mri``:
+    ``brats_path``: all 8 synthetic H&E tissue classes. ``breakhis``: two H&E subtypes with
+    ``binary_label`` benign / malignant, every patient imaged at 40x, 100x, 200x and 400x
+    (``magnification``), as ``histoflow data import breakhis`` writes them. ``brain_mri``:
     4 classes of grey scans centred on a black background, at varying scale. ``stroke``: normal
     vs stroke grey scans, each patient scanned by CT or MR (``modality`` column).
 
@@ -70,8 +79,7 @@ def make_standin(
             rows = [r for r in csv.DictReader(fh) if labels is None or r["label"] in labels]
         build = Path(tmp) / "out"
         rng = np.random.default_rng(seed)
-        extra_column = {"stroke": "modality", "brain_mri": None}.get(kind, "magnification")
-        columns = ["path", "label", "patient_id", "site", extra_column][: 5 if extra_column else 4]
+        columns = ["path", "label", "patient_id", "site", *_EXTRA_COLUMNS[kind]]
         seen: dict[str, int] = {}  # images so far per patient
         table = []
         for row in rows:
@@ -86,7 +94,7 @@ def make_standin(
             extra = [row["magnification"]]
             if kind == "breakhis":  # each patient imaged at every magnification in turn
                 seen[patient] = seen.get(patient, -1) + 1
-                extra = [_MAGNIFICATIONS[seen[patient] % len(_MAGNIFICATIONS)]]
+                extra = [_MAGNIFICATIONS[seen[patient] % len(_MAGNIFICATIONS)], _BINARY[label]]
             elif kind == "stroke":  # one scanner per patient
                 extra = [_MODALITIES[int(row["patient_id"].lstrip("P")) % len(_MODALITIES)]]
             elif kind == "brain_mri":

@@ -51,7 +51,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         ContractViolation: when any check at level ``error`` fails. The report is written
             first; the manifest is not, so the last good manifest stays in place.
     """
-    table = read_source(inputs.data, cfg.data.manifest)
+    table = read_source(inputs.data, cfg.data.manifest, cfg.data.label_column)
     table = assign_splits(
         table,
         val_fraction=cfg.data.val_fraction,
