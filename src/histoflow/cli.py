@@ -55,6 +55,15 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--overwrite", action="store_true")
     synth.set_defaults(func=_data_synth)
 
+    standin = data.add_parser("standin", help="a synthetic stand-in for a recipe's dataset")
+    standin.add_argument("kind", help="brats_path, breakhis, brain_mri or stroke")
+    standin.add_argument("--out", type=Path, required=True)
+    standin.add_argument("--per-class", type=int, default=24)
+    standin.add_argument("--size", type=int, default=64)
+    standin.add_argument("--seed", type=int, default=0)
+    standin.add_argument("--overwrite", action="store_true")
+    standin.set_defaults(func=_data_standin)
+
     imp = data.add_parser("import", help="convert a public dataset format into histoflow's layout")
     imp.add_argument("format", help="folder, csv, medmnist, breakhis or pcam")
     imp.add_argument("src", type=Path, help="source folder or file")
@@ -71,7 +80,12 @@ def _parser() -> argparse.ArgumentParser:
         "run", help="the training flow: DVC stages under Prefect, then MLflow registration"
     )
     run.add_argument("--force", action="store_true", help="re-run every stage even if unchanged")
+    run.add_argument("--recipe", type=Path, help="apply recipes/NAME.yaml to params.yaml first")
     run.set_defaults(func=_run)
+
+    recipe = sub.add_parser("recipe", help="write a recipe's params into params.yaml")
+    recipe.add_argument("file", type=Path, help="e.g. recipes/brain_mri.yaml")
+    recipe.set_defaults(func=_recipe)
 
     predict = sub.add_parser(
         "predict", help="classify image files or folders with a registered model"
@@ -107,6 +121,20 @@ def _data_synth(args: argparse.Namespace) -> None:
     print(f"wrote {args.classes * args.per_class} tiles and {manifest}")
 
 
+def _data_standin(args: argparse.Namespace) -> None:
+    from histoflow.data.standins import make_standin
+
+    manifest = make_standin(
+        args.kind,
+        args.out,
+        per_class=args.per_class,
+        size=args.size,
+        seed=args.seed,
+        overwrite=args.overwrite,
+    )
+    print(f"wrote the {args.kind} stand-in: {manifest}")
+
+
 def _data_import(args: argparse.Namespace) -> None:
     from histoflow.data.importers import import_dataset
 
@@ -122,7 +150,13 @@ def _stage(args: argparse.Namespace) -> None:
     from histoflow.stages import get_stage, run_stage
 
     get_stage(args.name)  # an unknown name fails before params are read
-    metrics = run_stage(args.name, load_params(args.params))
+    cfg = load_params(args.params)
+    metrics = run_stage(args.name, cfg)
+    if args.name == "evaluate":
+        from histoflow.registry.experiments import experiment_name, log_experiment
+
+        if name := experiment_name():  # inside `dvc exp run`: record the sweep point
+            log_experiment(cfg, metrics, name)
     print(
         json.dumps(
             {k: v for k, v in metrics.items() if not isinstance(v, dict | list)}, default=str
@@ -130,7 +164,19 @@ def _stage(args: argparse.Namespace) -> None:
     )
 
 
+def _recipe(args: argparse.Namespace) -> None:
+    from histoflow.recipes import apply_recipe
+
+    changed = apply_recipe(args.file, args.params)
+    print(
+        f"{args.params}: {len(changed)} keys set from {args.file}"
+        + "".join(f"\n  {key}" for key in changed)
+    )
+
+
 def _run(args: argparse.Namespace) -> None:
+    if args.recipe:
+        _recipe(argparse.Namespace(file=args.recipe, params=args.params))
     flows = _load_flows("training")
     result = flows.training(root=str(Path.cwd()), force=args.force)
     print(json.dumps(result, indent=2, default=str))

@@ -7,10 +7,17 @@ names the key and what is allowed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 __all__ = [
     "AugmentConfig",
@@ -43,6 +50,7 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     root: Path = Path("data")
     manifest: str = "manifest.csv"
+    label_column: str = Field("label", min_length=1)  # manifest column holding the class
     classes: tuple[str, ...] | None = None
     image_size: int = Field(64, ge=8, le=2048)
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
@@ -59,7 +67,10 @@ class DataConfig(_Section):
         return self
 
 
-Level = Literal["error", "warning", "off"]
+# YAML 1.1 (PyYAML) reads a bare `off` as false; DVC's YAML 1.2 writer leaves it bare.
+Level = Annotated[
+    Literal["error", "warning", "off"], BeforeValidator(lambda v: "off" if v is False else v)
+]
 
 
 class ValidateChecks(_Section):
@@ -94,6 +105,8 @@ class ValidateConfig(_Section):
     max_class_ratio: float = Field(10.0, ge=1)
     near_duplicate_distance: int = Field(4, ge=0, le=64)
     qc_failures: Literal["keep", "exclude"] = "keep"  # what to do with blurred / blank images
+    # Drop val/test copies of images in an earlier split: exact (same bytes) or near (pHash).
+    deduplicate: Literal["none", "exact", "near"] = "none"
     workers: int = Field(2, ge=0)  # decoding processes; 0 decodes in this process
     checks: ValidateChecks = ValidateChecks()
 

@@ -206,3 +206,37 @@ def test_warning_defects_are_reported_not_fatal(defect, tiny_data, tiny_params, 
     html = (out.report / "report.html").read_text()
     for name in files:
         assert name in html
+
+
+@pytest.mark.parametrize(
+    ("mode", "dropped"),
+    [
+        ("exact", ["stroma/copy_in_test.png"]),
+        ("near", ["stroma/copy_in_test.png", "stroma/recompressed.jpg"]),
+    ],
+)
+def test_deduplicate_drops_eval_copies_and_says_why(
+    mode, dropped, tiny_data, tiny_params, tmp_path
+):
+    root = tmp_path / "data"
+    manifest, _ = duplicate_across_splits(_dataset(tiny_data, root), root)
+    manifest, _ = near_duplicate_across_splits(manifest, root)
+    manifest.to_csv(root / "manifest.csv", index=False)
+    cfg = _params(tiny_params, deduplicate=mode)
+    metrics, out = _run(cfg, root, tmp_path)
+    kept = pd.read_parquet(out.manifest)["path"].tolist()
+    assert set(dropped).isdisjoint(kept) and _first(manifest).path in kept
+    assert metrics["n_deduplicated"] == len(dropped)
+    assert metrics["deduplicated_by_split"] == {"test": len(dropped)}
+    assert metrics["warnings"] == ([] if mode == "near" else ["near_duplicate_across_splits"])
+    table = pd.read_csv(out.report / "deduplicated.csv")
+    assert sorted(table["path"]) == sorted(dropped)
+    assert table["reason"].str.contains(_first(manifest).path, regex=False).all()
+
+
+def test_deduplicate_none_still_fails_on_cross_split_copies(tiny_data, tiny_params, tmp_path):
+    root = tmp_path / "data"
+    manifest, _ = duplicate_across_splits(_dataset(tiny_data, root), root)
+    manifest.to_csv(root / "manifest.csv", index=False)
+    with pytest.raises(ContractViolation, match="duplicate_across_splits"):
+        _run(_params(tiny_params, deduplicate="none"), root, tmp_path)

@@ -36,8 +36,13 @@ class DataError(ValueError):
     """The dataset cannot be read; the message says which file or folder and what to do."""
 
 
-def read_source(root: Path, manifest: str = "manifest.csv") -> pd.DataFrame:
+def read_source(
+    root: Path, manifest: str = "manifest.csv", label_column: str = "label"
+) -> pd.DataFrame:
     """Read ``root`` as a manifest CSV (when ``root/manifest`` exists) or an image folder.
+
+    ``label_column`` picks the manifest column that is the class (e.g. ``binary_label`` of the
+    BreakHis import for benign vs malignant); the folder's own label is kept as ``source_label``.
 
     Returns:
         A table with ``path`` (relative to ``root``, POSIX), ``label``, ``split`` (may be
@@ -66,6 +71,14 @@ def read_source(root: Path, manifest: str = "manifest.csv") -> pd.DataFrame:
     table["split"] = (
         table["split"].fillna("").astype(str).str.lower().map(lambda s: SPLIT_ALIASES.get(s, s))
     )
+    if label_column != "label":
+        if label_column not in table:
+            raise DataError(
+                f"data.label_column {label_column!r} is not a column of {csv}; "
+                f"columns: {', '.join(table.columns)}"
+            )
+        table["source_label"] = table["label"]
+        table["label"] = table[label_column]
     table["label"] = table["label"].astype(str)
     return table.sort_values("path", kind="stable").reset_index(drop=True)
 

@@ -14,6 +14,7 @@ import pandas as pd
 
 from histoflow.config import Params
 from histoflow.data.contract import check_contract
+from histoflow.data.dedupe import cross_split_copies
 from histoflow.data.qc import feature_table
 from histoflow.data.report import write_validation_report
 from histoflow.data.sources import assign_splits, read_source
@@ -50,7 +51,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         ContractViolation: when any check at level ``error`` fails. The report is written
             first; the manifest is not, so the last good manifest stays in place.
     """
-    table = read_source(inputs.data, cfg.data.manifest)
+    table = read_source(inputs.data, cfg.data.manifest, cfg.data.label_column)
     table = assign_splits(
         table,
         val_fraction=cfg.data.val_fraction,
@@ -65,6 +66,12 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         cache=outputs.manifest.parent / ".qc_cache.parquet",
     ).drop(columns="path")
     table = pd.concat([table.reset_index(drop=True), qc.reset_index(drop=True)], axis=1)
+    # Later-split copies go before the contract is checked, so the checks see what trains.
+    dropped = cross_split_copies(
+        table, cfg.validate.deduplicate, cfg.validate.near_duplicate_distance
+    )
+    removed = table[table["path"].isin(dropped)].assign(reason=lambda t: t["path"].map(dropped))
+    table = table[~table["path"].isin(dropped)].reset_index(drop=True)
     classes = list(cfg.data.classes) if cfg.data.classes else sorted(table["label"].unique())
     result = check_contract(table, cfg.validate, classes=classes)
 
@@ -73,6 +80,12 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     report = write_validation_report(
         table, result, outputs.report, data_root=inputs.data, classes=classes, excluded=excluded
     )
+    listing = outputs.report / "deduplicated.csv"
+    if dropped:
+        with atomic_path(listing) as tmp:
+            removed[["path", "label", "split", "reason"]].to_csv(tmp, index=False)
+    else:
+        listing.unlink(missing_ok=True)
     if not result.success:
         raise ContractViolation(
             f"data in {inputs.data} broke the contract; full report: {report}\n{result.summary()}"
@@ -83,6 +96,8 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     metrics = {
         "n_images": len(kept),
         "n_excluded": len(excluded),
+        "n_deduplicated": len(dropped),
+        "deduplicated_by_split": removed["split"].value_counts().sort_index().to_dict(),
         "n_flagged_qc": len(flagged),
         "qc_failures": cfg.validate.qc_failures,
         "n_patients": int(kept["patient_id"].nunique()),
