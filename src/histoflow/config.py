@@ -139,12 +139,12 @@ class AugmentConfig(_Section):
     vflip: float = Field(0.5, ge=0, le=1)  # probability of a vertical flip
     rot90: bool = True  # a random multiple of 90 degrees
     resized_crop: tuple[float, float] | None = None  # area range of a random resized crop
-    brightness: float = Field(0.0, ge=0)  # colour jitter factors (torchvision ColorJitter)
-    contrast: float = Field(0.0, ge=0)
-    saturation: float = Field(0.0, ge=0)
+    brightness: float = Field(0.1, ge=0)  # colour jitter factors (torchvision ColorJitter)
+    contrast: float = Field(0.1, ge=0)
+    saturation: float = Field(0.1, ge=0)
     hue: float = Field(0.0, ge=0, le=0.5)
-    stain_scale: float = Field(0.0, ge=0, lt=1)  # H&E jitter: HED channels scaled by 1 +- this
-    stain_shift: float = Field(0.0, ge=0, le=1)  # and shifted by +- this (optical density)
+    stain_scale: float = Field(0.05, ge=0, lt=1)  # H&E jitter: HED channels scaled by 1 +- this
+    stain_shift: float = Field(0.01, ge=0, le=1)  # and shifted by +- this (optical density)
 
     @model_validator(mode="after")
     def _crop_range(self) -> AugmentConfig:
@@ -252,7 +252,8 @@ class EvaluateConfig(_Section):
     seed: int = 0  # of the bootstrap resamples
     ece_bins: int = Field(15, ge=2)  # equal-width confidence bins of the calibration error
     extra_group_columns: tuple[str, ...] = ("patient_id",)  # breakdowns beyond data.group_columns
-    cross_group: CrossGroupConfig | None = None  # null = no cross-group protocol
+    # null = no cross-group protocol; the default is the demo's 40x -> 20x experiment.
+    cross_group: CrossGroupConfig | None = CrossGroupConfig()
     explain_per_class: int = Field(2, ge=0)  # Grad-CAM panels: correct and wrong tiles per class
 
 

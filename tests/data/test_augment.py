@@ -104,5 +104,15 @@ def test_train_transform_applies_every_augmentation():
     a, b = transform(image), transform(image)
     assert a.shape == (3, 32, 32) and a.dtype == torch.float32
     assert not torch.equal(a, b)  # random
-    off = create_transform(32, train=True, augment=AugmentConfig(hflip=0, vflip=0, rot90=False))
+    nothing = AugmentConfig(
+        hflip=0,
+        vflip=0,
+        rot90=False,
+        brightness=0,
+        contrast=0,
+        saturation=0,
+        stain_scale=0,
+        stain_shift=0,
+    )
+    off = create_transform(32, train=True, augment=nothing)
     assert torch.equal(off(image), create_transform(32, train=False)(image))

@@ -52,7 +52,8 @@ def create_transform(
     Args:
         image_size: output side S in pixels.
         train: add ``augment``'s random transforms (random resized crop instead of the resize).
-        augment: the augmentations; None = the defaults (flips and 90-degree turns).
+        augment: the augmentations; None = the defaults (flips, 90-degree turns, mild colour
+            and stain jitter: those of params.yaml).
         crop_to_foreground: crop to the box of non-background pixels first (MRI/CT); a model
             trained with it records it and is always served with it.
         mean, std: normalisation of the backbone.
