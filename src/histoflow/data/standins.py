@@ -74,7 +74,16 @@ def make_standin(
     labels = _LABELS[kind]
     with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
         src = Path(tmp) / "src"
-        generate(src, classes=8, per_class=per_class, size=size, seed=seed)
+        # BreakHis images every patient at 4 magnifications: 4 images (or more) per patient.
+        patients = max(1, per_class // 4) if kind == "breakhis" else None
+        generate(
+            src,
+            classes=8,
+            per_class=per_class,
+            size=size,
+            seed=seed,
+            patients_per_class=patients,
+        )
         with open(src / "manifest.csv", newline="") as fh:
             rows = [r for r in csv.DictReader(fh) if labels is None or r["label"] in labels]
         build = Path(tmp) / "out"
