@@ -25,7 +25,15 @@ from histoflow.stages._tables import VALIDATED_MANIFEST, read_manifest
 
 CONCURRENCY_LIMIT = "histoflow-training"
 # Failures worth a retry: another dvc holding the repository lock, I/O hiccups, a busy server.
-_TRANSIENT = ("Unable to acquire lock", "lock", "Connection", "Temporary failure", "timed out")
+# (Not a bare "lock": every dvc output mentions dvc.lock.)
+_TRANSIENT = (
+    "Unable to acquire lock",
+    "is locked",
+    "Connection refused",
+    "Connection reset",
+    "Temporary failure",
+    "timed out",
+)
 
 
 def _transient(task, task_run, state) -> bool:
