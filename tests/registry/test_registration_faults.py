@@ -53,7 +53,7 @@ def test_failure_after_the_version_exists_deletes_it_and_the_retry_succeeds(
     )
     client = MlflowClient()
     versions = client.search_model_versions("name = 'histoflow'")
-    assert [v.version for v in versions] == [version]  # the first attempt's version is gone
+    assert [str(v.version) for v in versions] == [version]  # the first attempt's version is gone
     assert versions[0].tags["registration"] == "complete"
     assert str(client.get_model_version_by_alias("histoflow", "challenger").version) == version
     runs = mlflow.search_runs(experiment_names=["histoflow"], output_format="list")

@@ -113,8 +113,10 @@ def with_retries(fn: Callable[[], T], cfg: RegistryConfig, what: str, uri: str) 
                 delay *= 2
     raise RegistryUnavailable(
         f"{what}: MLflow at {uri} did not answer after {cfg.retries + 1} attempts over "
-        f"{time.monotonic() - start:.0f} s ({str(last).splitlines()[0][:300]}). Nothing was "
-        "registered; start the tracking server (or unset MLFLOW_TRACKING_URI) and run again."
+        f"{time.monotonic() - start:.0f} s ({str(last).splitlines()[0][:300]}). No usable version "
+        "was registered (a version created before a failure is deleted, or stays tagged "
+        "registration=incomplete and is never promoted); start the tracking server (or unset "
+        "MLFLOW_TRACKING_URI) and run again."
     ) from last
 
 
