@@ -1,20 +1,15 @@
-"""Deployments of the histoflow flows: nightly training and a 15-minute inbox sweep.
+"""Deployments of the histoflow flows: nightly retraining and batch monitoring of the inbox.
 
-One machine (the usual way to run histoflow unattended)::
+Schedules and parameters come from ``params.yaml`` (``deploy``). One machine (the usual way to
+run histoflow unattended)::
 
-    python flows/deployments.py [PROJECT_ROOT]
+    histoflow server &      # a Prefect server on 127.0.0.1:4200 (SQLite under .prefect/)
+    histoflow serve         # or: python flows/deployments.py [PROJECT_ROOT]
 
 serves both deployments from this process until it is stopped: ``histoflow-training/nightly``
-(02:00 every night) and ``histoflow-monitor-inbox/inbox`` (every 15 minutes). Point
-``PREFECT_API_URL`` at a running server (``prefect server start``) so the schedules, runs and
-``monitor.action: retrain`` all use the same one.
-
-Several machines: register the same two deployments from ``prefect.yaml`` on a work pool, and
-start a worker on each machine that holds a checkout::
-
-    prefect work-pool create histoflow --type process
-    prefect deploy --all
-    HISTOFLOW_ROOT=/path/to/checkout prefect worker start --pool histoflow
+(``deploy.training_cron``) and ``histoflow-monitor-inbox/inbox`` (every
+``deploy.inbox_interval_minutes``). Several machines: the same deployments from ``prefect.yaml``
+on a work pool, with a worker on each machine that holds a checkout (see the README).
 """
 
 from __future__ import annotations
@@ -26,7 +21,11 @@ from pathlib import Path
 from types import ModuleType
 
 from prefect import serve
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.deployments.runner import RunnerDeployment
+from prefect.schedules import Cron, Interval
+
+from histoflow.config import load_params
 
 __all__ = ["build_deployments"]
 
@@ -34,24 +33,40 @@ FLOWS = Path(__file__).resolve().parent
 ROOT = FLOWS.parent
 
 
-def build_deployments(root: Path) -> list[RunnerDeployment]:
-    """The nightly training and the inbox-sweep deployments for the project at ``root``.
+def build_deployments(root: Path, params_file: str = "params.yaml") -> list[RunnerDeployment]:
+    """The nightly training and the inbox-monitoring deployments for the project at ``root``.
 
     Args:
         root: Project folder (holds dvc.yaml, params.yaml and monitoring/inbox).
+        params_file: Params file inside ``root``; its ``deploy`` section sets the schedules.
 
     Returns:
         ``[histoflow-training/nightly, histoflow-monitor-inbox/inbox]``, ready for ``serve``.
     """
-    parameters = {"root": str(Path(root).resolve())}
+    root = Path(root).resolve()
+    cfg = load_params(root / params_file).deploy
+    parameters = {"root": str(root)}
     training = _flow_module("training").training
     monitor_inbox = _flow_module("monitoring").monitor_inbox
     return [
         training.to_deployment(
-            name="nightly", cron="0 2 * * *", parameters=parameters, tags=["histoflow"]
+            name="nightly",
+            schedule=Cron(cfg.training_cron, timezone=cfg.timezone),
+            parameters=parameters,
+            tags=["histoflow", "training"],
+            # A late nightly run waits for the one in progress instead of overlapping it.
+            concurrency_limit=ConcurrencyLimitConfig(
+                limit=cfg.training_concurrency, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
+            ),
+            description="Re-run the DVC pipeline (stale stages only), register, promote by rule.",
         ),
         monitor_inbox.to_deployment(
-            name="inbox", interval=timedelta(minutes=15), parameters=parameters, tags=["histoflow"]
+            name="inbox",
+            schedule=Interval(timedelta(minutes=cfg.inbox_interval_minutes)),
+            parameters={**parameters, "params_file": params_file},
+            tags=["histoflow", "monitoring"],
+            concurrency_limit=1,
+            description="Drift reports for new batches in monitor.inbox, then monitor.action.",
         ),
     ]
 
@@ -72,5 +87,11 @@ def _flow_module(name: str) -> ModuleType:
     return sys.modules[key]
 
 
+def main(argv: list[str] | None = None) -> None:
+    """Serve the deployments of the project at ``argv[0]`` (default: this checkout)."""
+    argv = sys.argv[1:] if argv is None else argv
+    serve(*build_deployments(Path(argv[0]) if argv else ROOT, *argv[1:2]))
+
+
 if __name__ == "__main__":
-    serve(*build_deployments(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT))
+    main()

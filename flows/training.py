@@ -1,7 +1,10 @@
 """Prefect flow ``histoflow-training``: the DVC stages in DAG order, one task each, then
 MLflow logging, registration as ``challenger`` and gated promotion to ``champion``.
 
-DVC decides what is stale; this flow adds retries, logs, the registry and promotion.
+DVC decides what is stale; this flow adds retries (transient failures only, exponential
+backoff), logs, the registry and promotion. Stages run one at a time (DVC also holds a
+repository lock), and a Prefect global concurrency limit ``histoflow-training``
+(``deploy.training_concurrency``, default 1) keeps two training runs from overlapping.
 """
 
 from __future__ import annotations
@@ -12,13 +15,38 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.concurrency.sync import concurrency
+from prefect.tasks import exponential_backoff
 
 from histoflow import dvc, registry
 from histoflow.config import load_params
 from histoflow.stages._tables import VALIDATED_MANIFEST, read_manifest
 
+CONCURRENCY_LIMIT = "histoflow-training"
+# Failures worth a retry: another dvc holding the repository lock, I/O hiccups, a busy server.
+# (Not a bare "lock": every dvc output mentions dvc.lock.)
+_TRANSIENT = (
+    "Unable to acquire lock",
+    "is locked",
+    "Connection refused",
+    "Connection reset",
+    "Temporary failure",
+    "timed out",
+)
 
-@task(retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+
+def _transient(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except Exception as exc:
+        return isinstance(exc, ConnectionError | TimeoutError) or any(
+            marker in str(exc) for marker in _TRANSIENT
+        )
+    return False
+
+
+@task(cache_policy=NO_CACHE, retry_condition_fn=_transient)
 def dvc_stage(stage: str, root: str, force: bool = False) -> str:
     """Run one DVC stage; DVC skips it when its deps and params are unchanged."""
     output = dvc.repro(stage, Path(root), force=force)
@@ -27,20 +55,33 @@ def dvc_stage(stage: str, root: str, force: bool = False) -> str:
     return output
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(cache_policy=NO_CACHE)
 def register(root: str) -> dict:
-    """Log the run to MLflow, register the model as challenger, promote it if it beats the champion."""
+    """Log the run to MLflow, register the model as challenger, promote it if the rules allow.
+
+    Retries of an unreachable tracking server happen inside (``registry.retries``).
+    """
     base = Path(root)
     params = load_params(base / "params.yaml")
     evaluation = json.loads((base / "metrics/eval.json").read_text())
-    metrics = {
-        k: float(v) for k, v in evaluation.items() if isinstance(v, int | float) and v is not None
-    }
+    metrics = {k: float(v) for k, v in evaluation.items() if isinstance(v, int | float)}
     metrics.update({f"recall.{c}": v for c, v in evaluation["per_class_recall"].items()})
+    for name, bounds in (evaluation.get("ci") or {}).items():  # {metric: [low, high]}
+        if isinstance(bounds, list | tuple) and len(bounds) == 2:
+            metrics[f"{name}.ci_low"], metrics[f"{name}.ci_high"] = map(float, bounds)
     manifest = read_manifest(base / VALIDATED_MANIFEST)
     example = base / params.data.root / manifest.loc[manifest["split"] == "test", "path"].iloc[0]
-    tags = {"git_commit": registry.git_commit(base)}
-    tags.update({f"dvc.md5.{path}": md5 for path, md5 in dvc.lock_hashes(base).items()})
+    commit = registry.git_commit(base)
+    hashes = dvc.lock_hashes(base)
+    tags = {"git_commit": commit}
+    tags.update({f"dvc.md5.{path}": md5 for path, md5 in hashes.items()})
+    card = registry.render_model_card(
+        evaluation,
+        params,
+        manifest,
+        git_commit=commit,
+        data_hash=hashes.get(str(params.data.root)) or _data_hash(base),
+    )
     version = registry.log_and_register(
         base,
         params,
@@ -52,6 +93,7 @@ def register(root: str) -> dict:
             "reference": base / "monitoring/reference",
             "reference_predictions": base / "outputs/evaluate/predictions.csv",
         },
+        classes=sorted(evaluation["per_class_recall"], key=_class_order(base)),
         example_image=example,
         artifacts=[
             base / p
@@ -61,16 +103,20 @@ def register(root: str) -> dict:
                 "metrics",
                 "outputs/evaluate/plots",
                 "outputs/evaluate/predictions.csv",
+                "reports",
             )
         ],
         tags=tags,
+        model_card=card,
     )
     decision = registry.promote(params.registry, version, base)
     create_markdown_artifact(
         key="histoflow-registration",
         markdown=(
             f"## histoflow v{version}\n\n**{'promoted to champion' if decision.promoted else 'challenger only'}**"
-            f": {decision.reason}\n\n| metric | value |\n|---|---|\n"
+            f": {decision.reason}\n\n| check | result |\n|---|---|\n"
+            + "".join(f"| {k} | {v} |\n" for k, v in decision.checks.items())
+            + "\n| metric | value |\n|---|---|\n"
             + "".join(f"| {k} | {v:.4f} |\n" for k, v in sorted(metrics.items()))
         ),
         description="Model registration and promotion decision",
@@ -79,10 +125,35 @@ def register(root: str) -> dict:
         "version": version,
         "promoted": decision.promoted,
         "reason": decision.reason,
+        "checks": decision.checks,
         "metric": decision.metric,
         "challenger_value": decision.challenger_value,
         "champion_value": decision.champion_value,
     }
+
+
+def _class_order(base: Path):
+    """Sort key giving the classes in the fusion model's output order."""
+    from histoflow.models.checkpoint import read_model_json
+
+    meta = read_model_json(base / "outputs/train_fusion/model")
+    order = {c: i for i, c in enumerate(meta["classes"])}
+    return lambda c: order.get(c, len(order))
+
+
+def _data_hash(base: Path) -> str | None:
+    import yaml
+
+    dvc_file = base / "data.dvc"
+    if not dvc_file.is_file():
+        return None
+    outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs", [{}])
+    return outs[0].get("md5") if outs else None
+
+
+def _ensure_concurrency_limit(limit: int) -> None:
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(CONCURRENCY_LIMIT, limit)
 
 
 @flow(name="histoflow-training", log_prints=True)
@@ -94,10 +165,21 @@ def training(root: str = ".", force: bool = False) -> dict:
         force: re-run every stage even when DVC finds it up to date.
     """
     root = str(Path(root).resolve())
-    load_params(Path(root) / "params.yaml")  # a bad params file fails before any work
-    for stage in dvc.stage_order(Path(root)):
-        dvc_stage.with_options(name=stage)(stage, root, force)
-    return register(root)
+    params = load_params(Path(root) / "params.yaml")  # a bad params file fails before any work
+    deploy = params.deploy
+    stage_task = dvc_stage.with_options(
+        retries=deploy.stage_retries,
+        retry_delay_seconds=exponential_backoff(backoff_factor=deploy.stage_retry_backoff_s)
+        if deploy.stage_retry_backoff_s
+        else 0,
+        retry_jitter_factor=0.2 if deploy.stage_retry_backoff_s else None,
+    )
+    _ensure_concurrency_limit(deploy.training_concurrency)
+    # Waits (does not fail) while another training run holds the slot.
+    with concurrency(CONCURRENCY_LIMIT, occupy=1, strict=True):
+        for stage in dvc.stage_order(Path(root)):
+            stage_task.with_options(name=stage)(stage, root, force)
+        return register(root)
 
 
 if __name__ == "__main__":

@@ -103,3 +103,44 @@ def test_data_import_folder_then_validate_layout(tmp_path, tiny_data):
 def test_data_import_unknown_format(tmp_path, capsys):
     assert main(["data", "import", "dicom", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
     assert "breakhis" in capsys.readouterr().err
+
+
+def test_predict_json_with_batches_matches_csv(trained_project, tiny_data, monkeypatch, tmp_path):
+    import json
+
+    import pandas as pd
+
+    monkeypatch.chdir(trained_project)
+    files = [str(p) for p in sorted((tiny_data / "lymphocytes").glob("*.png"))[:5]]
+    assert main(["predict", *files, "--out", str(tmp_path / "a.json"), "--batch-size", "2"]) == 0
+    assert main(["predict", *files, "--out", str(tmp_path / "b.csv"), "--no-progress"]) == 0
+    as_json = pd.DataFrame(json.loads((tmp_path / "a.json").read_text()))
+    as_csv = pd.read_csv(tmp_path / "b.csv")
+    assert list(as_json["path"]) == files and list(as_json["label"]) == list(as_csv["label"])
+    probs = [c for c in as_csv if c.startswith("prob_")]
+    assert (as_json[probs] - as_csv[probs]).abs().max().max() < 1e-5
+    assert main(["predict", files[0], "--batch-size", "0"]) == 1
+
+
+def test_registry_status_and_rollback_without_history(trained_project, monkeypatch, capsys):
+    import json
+
+    monkeypatch.chdir(trained_project)
+    assert main(["registry", "status"]) == 0
+    out = capsys.readouterr().out
+    assert "champion   v1" in out and "macro_recall=" in out and "history    v1" in out
+    assert main(["registry", "status", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["champion"]["version"] == "1"
+    assert report["champion"]["promotion.decision"] == "promoted"
+    # Read-only above; rollback refuses before changing anything.
+    assert main(["registry", "rollback"]) == 1
+    assert "only champion recorded" in capsys.readouterr().err
+
+
+def test_serve_without_a_prefect_server_says_how_to_start_one(tmp_path, monkeypatch, capsys):
+    from servers import free_port
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["serve", "--api", f"http://127.0.0.1:{free_port()}/api"]) == 1
+    assert "histoflow server" in capsys.readouterr().err

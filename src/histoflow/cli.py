@@ -88,12 +88,51 @@ def _parser() -> argparse.ArgumentParser:
     recipe.set_defaults(func=_recipe)
 
     predict = sub.add_parser(
-        "predict", help="classify image files or folders with a registered model"
+        "predict", help="classify image files, folders or globs with a registered model"
     )
-    predict.add_argument("paths", nargs="+", type=Path)
+    predict.add_argument("paths", nargs="+", help="files, folders (searched recursively), globs")
     predict.add_argument("--model", default="models:/histoflow@champion")
-    predict.add_argument("--out", type=Path, help="write a CSV here (default: print)")
+    predict.add_argument("--out", type=Path, help="write a CSV or JSON file (default: print)")
+    predict.add_argument(
+        "--format", choices=("csv", "json"), help="output format (default: from --out's suffix)"
+    )
+    predict.add_argument("--batch-size", type=int, default=64, help="images per model call")
+    predict.add_argument("--no-progress", action="store_true", help="no progress bar")
     predict.set_defaults(func=_predict)
+
+    reg = sub.add_parser("registry", help="the MLflow model registry: status, promote, rollback")
+    reg_sub = reg.add_subparsers(required=True, metavar="ACTION")
+    reg_status = reg_sub.add_parser("status", help="champion and challenger with their metrics")
+    reg_status.add_argument("--json", action="store_true", help="print JSON")
+    reg_status.set_defaults(func=_registry_status)
+    reg_promote = reg_sub.add_parser(
+        "promote", help="make VERSION champion by hand (the rules' verdict is recorded with it)"
+    )
+    reg_promote.add_argument("version")
+    reg_promote.add_argument("--note", default="", help="why, recorded as a tag")
+    reg_promote.add_argument(
+        "--by-rule", action="store_true", help="promote only if the params.yaml rules allow"
+    )
+    reg_promote.set_defaults(func=_registry_promote)
+    reg_rollback = reg_sub.add_parser("rollback", help="give champion back to the previous one")
+    reg_rollback.add_argument("--note", default="", help="why, recorded as a tag")
+    reg_rollback.set_defaults(func=_registry_rollback)
+
+    server = sub.add_parser(
+        "server", help="start a Prefect server on 127.0.0.1 (SQLite in .prefect/) for `serve`"
+    )
+    server.add_argument("--host", default="127.0.0.1")
+    server.add_argument("--port", type=int, default=4200)
+    server.set_defaults(func=_server)
+    serve = sub.add_parser(
+        "serve", help="serve the nightly-training and inbox-monitoring deployments until stopped"
+    )
+    serve.add_argument(
+        "--api",
+        default=None,
+        help="Prefect API URL (default: $PREFECT_API_URL, else http://127.0.0.1:4200/api)",
+    )
+    serve.set_defaults(func=_serve)
 
     monitor = sub.add_parser("monitor", help="drift report for a folder of new images (or --inbox)")
     monitor.add_argument("batch", type=Path, nargs="?")
@@ -183,21 +222,114 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from histoflow.predict import predict_paths
+    from histoflow.predict import predict_paths, write_predictions
 
-    table = predict_paths(args.paths, model_uri=args.model, root=Path.cwd())
+    table = predict_paths(
+        args.paths,
+        model_uri=args.model,
+        root=Path.cwd(),
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    fmt = args.format or (
+        "json" if args.out is not None and args.out.suffix.lower() == ".json" else "csv"
+    )
     if args.out:
-        from histoflow.io import atomic_path
-
-        with atomic_path(args.out) as tmp:
-            table.to_csv(tmp, index=False)
-        print(f"wrote {len(table)} predictions to {args.out}")
+        write_predictions(table, args.out, fmt)
+        print(f"wrote {len(table)} predictions to {args.out}", file=sys.stderr)
+    elif args.format == "json":
+        print(table.to_json(orient="records", indent=2))
+    elif args.format == "csv":
+        print(table.to_csv(index=False), end="")
     else:
         print(
             table.drop(
                 columns=[c for c in table if c.startswith("prob_") or c == "caption"]
             ).to_string(index=False)
         )
+
+
+def _registry_status(args: argparse.Namespace) -> None:
+    from histoflow.config import load_params
+    from histoflow.registry import status
+
+    report = status(load_params(args.params).registry, Path.cwd())
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return
+    print(f"{report['model']} at {report['tracking_uri']}")
+    for alias in ("champion", "challenger"):
+        entry = report[alias]
+        if entry is None:
+            print(f"  {alias:<10} none")
+            continue
+        details = "  ".join(
+            f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in entry.items()
+            if k not in ("version", "run_id") and v is not None and not k.startswith("promotion.")
+        )
+        print(f"  {alias:<10} v{entry['version']}  {details}")
+        for key in ("promotion.decision", "promotion.reason"):
+            if key in entry:
+                print(f"  {'':<10} {key.split('.')[1]}: {entry[key]}")
+    print(f"  history    {' -> '.join('v' + v for v in report['history']) or 'none'}")
+
+
+def _registry_promote(args: argparse.Namespace) -> int:
+    from histoflow.config import load_params
+    from histoflow.registry import promote, promote_by_hand
+
+    cfg = load_params(args.params).registry
+    if args.by_rule:
+        decision = promote(cfg, args.version, Path.cwd())
+    else:
+        decision = promote_by_hand(cfg, args.version, Path.cwd(), note=args.note)
+    verdict = "champion" if decision.promoted else "not promoted"
+    print(f"{cfg.model_name} v{decision.version}: {verdict}: {decision.reason}")
+    return 0 if decision.promoted else 3
+
+
+def _registry_rollback(args: argparse.Namespace) -> None:
+    from histoflow.config import load_params
+    from histoflow.registry import rollback
+
+    cfg = load_params(args.params).registry
+    demoted, restored = rollback(cfg, Path.cwd(), note=args.note)
+    print(f"{cfg.model_name}: champion v{demoted} -> v{restored}")
+
+
+def _server(args: argparse.Namespace) -> int:
+    import subprocess
+
+    cmd = [_venv_tool("prefect"), "server", "start", "--host", args.host, "--port", str(args.port)]
+    print(
+        f"Prefect server on http://{args.host}:{args.port} (state in {os.environ['PREFECT_HOME']}); "
+        f"then: PREFECT_API_URL=http://{args.host}:{args.port}/api histoflow serve",
+        file=sys.stderr,
+    )
+    return subprocess.call(cmd)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import urllib.request
+
+    api = args.api or os.environ.get("PREFECT_API_URL") or "http://127.0.0.1:4200/api"
+    try:
+        urllib.request.urlopen(f"{api.rstrip('/')}/health", timeout=5).read()
+    except OSError as exc:
+        raise ConnectionError(
+            f"no Prefect server answers at {api} ({exc}); start one with `histoflow server` "
+            "(or `prefect server start`), or pass --api / set PREFECT_API_URL"
+        ) from None
+    os.environ["PREFECT_API_URL"] = api
+    deployments = _load_flows("deployments")
+    print(f"serving histoflow deployments against {api} (Ctrl-C stops)", file=sys.stderr)
+    deployments.main([str(Path.cwd()), str(args.params)])
+
+
+def _venv_tool(name: str) -> str:
+    local = Path(sys.executable).with_name(name)
+    return str(local) if local.exists() else name
 
 
 def _monitor(args: argparse.Namespace) -> None:

@@ -25,6 +25,7 @@ __all__ = [
     "ConfigError",
     "CrossGroupConfig",
     "DataConfig",
+    "DeployConfig",
     "EmbedConfig",
     "EvaluateConfig",
     "MonitorConfig",
@@ -258,12 +259,34 @@ class EvaluateConfig(_Section):
 
 
 class RegistryConfig(_Section):
+    """MLflow registration and the rules that gate promotion to ``champion``."""
+
     model_name: str = Field("histoflow", min_length=1)
     experiment: str = Field("histoflow", min_length=1)
     metric: Literal["macro_recall", "balanced_accuracy", "accuracy", "macro_f1", "auroc"] = (
         "macro_recall"
     )
-    min_improvement: float = Field(0.0, ge=0)
+    min_improvement: float = Field(0.0, ge=0)  # challenger must beat champion by more than this
+    min_class_recall: float = Field(0.0, ge=0, le=1)  # no class recall may fall below this
+    ci_rule: bool = True  # when a CI exists: its lower bound must reach the champion's value
+    retries: int = Field(3, ge=0, le=20)  # registration retries on an unreachable server
+    retry_backoff_s: float = Field(2.0, ge=0)  # first retry delay; doubles each time
+    lock_timeout_s: float = Field(60.0, gt=0)  # wait this long for another promotion to finish
+    intended_use: str = (
+        "Research and decision support on tissue tiles like the training data; "
+        "not a diagnostic device."
+    )  # model card text
+
+
+class DeployConfig(_Section):
+    """Prefect deployments: schedules and parameters (``histoflow serve``, ``prefect.yaml``)."""
+
+    training_cron: str = Field("0 2 * * *", min_length=9)  # nightly retraining
+    timezone: str = "UTC"
+    inbox_interval_minutes: float = Field(15, gt=0)  # batch monitoring of monitor.inbox
+    training_concurrency: int = Field(1, ge=1)  # training runs at once (a global limit)
+    stage_retries: int = Field(2, ge=0)  # retries of a DVC stage on a transient failure
+    stage_retry_backoff_s: float = Field(10.0, ge=0)  # first delay; doubles each retry
 
 
 class MonitorConfig(_Section):
@@ -298,6 +321,7 @@ class Params(_Section):
     evaluate: EvaluateConfig
     registry: RegistryConfig
     monitor: MonitorConfig
+    deploy: DeployConfig
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

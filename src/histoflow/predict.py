@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from histoflow.data.sources import IMAGE_SUFFIXES
 
-__all__ = ["collect_images", "predict_paths"]
+__all__ = ["collect_images", "predict_paths", "write_predictions"]
 
 
 def collect_images(paths: Iterable[Path | str]) -> list[Path]:
@@ -50,18 +50,44 @@ def collect_images(paths: Iterable[Path | str]) -> list[Path]:
 
 
 def predict_paths(
-    paths: Iterable[Path | str], *, model_uri: str, root: Path, batch_size: int = 64
+    paths: Iterable[Path | str],
+    *,
+    model_uri: str,
+    root: Path,
+    batch_size: int = 64,
+    progress: bool = True,
 ) -> pd.DataFrame:
-    """Predictions for every image under ``paths``: one row per file with ``path`` first."""
+    """Predictions for every image under ``paths``: one row per file with ``path`` first.
+
+    Files are read and sent to the model ``batch_size`` at a time, so memory stays flat on
+    large folders; a tqdm bar counts images.
+    """
     from histoflow.registry import load_model
     from histoflow.registry.pyfunc import encode_image_file
 
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
     files = collect_images(paths)
     model = load_model(model_uri, root)
     frames = []
-    for s in tqdm(range(0, len(files), batch_size), desc="predict", unit="batch"):
-        batch = files[s : s + batch_size]
-        frame = model.predict(pd.DataFrame({"image": [encode_image_file(f) for f in batch]}))
-        frame.insert(0, "path", [str(f) for f in batch])
-        frames.append(frame)
+    with tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar:
+        for s in range(0, len(files), batch_size):
+            batch = files[s : s + batch_size]
+            frame = model.predict(pd.DataFrame({"image": [encode_image_file(f) for f in batch]}))
+            frame.insert(0, "path", [str(f) for f in batch])
+            frames.append(frame)
+            bar.update(len(batch))
     return pd.concat(frames, ignore_index=True)
+
+
+def write_predictions(table: pd.DataFrame, out: Path, fmt: str = "csv") -> None:
+    """Write ``table`` atomically as CSV or JSON (a list of records)."""
+    from histoflow.io import atomic_path
+
+    if fmt not in ("csv", "json"):
+        raise ValueError(f"output format must be csv or json, got {fmt!r}")
+    with atomic_path(Path(out)) as tmp:
+        if fmt == "json":
+            table.to_json(tmp, orient="records", indent=2)
+        else:
+            table.to_csv(tmp, index=False)

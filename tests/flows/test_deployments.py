@@ -20,18 +20,34 @@ def prefect_yaml() -> dict:
 
 
 def test_build_deployments_schedules_both_flows_on_the_project(tmp_path, prefect_yaml):
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     nightly, inbox = load_flow_module("deployments").build_deployments(tmp_path)
 
     assert (nightly.flow_name, nightly.name) == (FLOWS["nightly"], "nightly")
     assert (inbox.flow_name, inbox.name) == (FLOWS["inbox"], "inbox")
     assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
     assert [s.schedule.interval for s in inbox.schedules] == [timedelta(minutes=15)]
-    for deployment in (nightly, inbox):
-        assert deployment.parameters == {"root": str(tmp_path.resolve())}
+    assert nightly.concurrency_limit == 1
+    assert nightly.parameters == {"root": str(tmp_path.resolve())}
+    assert inbox.parameters == {"root": str(tmp_path.resolve()), "params_file": "params.yaml"}
     # Served and work-pool deployments run the same code.
     entrypoints = {d["name"]: d["entrypoint"] for d in prefect_yaml["deployments"]}
     assert nightly.entrypoint.endswith(entrypoints["nightly"])
     assert inbox.entrypoint.endswith(entrypoints["inbox"])
+
+
+def test_schedules_come_from_params(tmp_path):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["deploy"].update(
+        training_cron="15 4 * * 1-5", timezone="Europe/Paris", inbox_interval_minutes=2
+    )
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    nightly, inbox = load_flow_module("deployments").build_deployments(tmp_path)
+    assert (nightly.schedules[0].schedule.cron, nightly.schedules[0].schedule.timezone) == (
+        "15 4 * * 1-5",
+        "Europe/Paris",
+    )
+    assert inbox.schedules[0].schedule.interval == timedelta(minutes=2)
 
 
 @pytest.mark.parametrize("name", ["nightly", "inbox"])
@@ -56,11 +72,21 @@ def test_prefect_yaml_schedules_pool_and_pull_step(prefect_yaml):
     # Prefect's own model of prefect.yaml (private, but it is what `prefect deploy` reads).
     from prefect.cli.deploy._models import PrefectYamlModel
 
+    from histoflow.config import load_params
+
     model = PrefectYamlModel.model_validate(prefect_yaml)
     assert {d.name for d in model.deployments} == set(SCHEDULES)
+    deploy = load_params(REPO / "params.yaml").deploy
+    expected = {
+        "nightly": [{"cron": deploy.training_cron, "timezone": deploy.timezone}],
+        "inbox": [{"interval": deploy.inbox_interval_minutes * 60}],
+    }
     for deployment in prefect_yaml["deployments"]:
-        assert deployment["schedules"] == [SCHEDULES[deployment["name"]]]
+        # prefect.yaml is static: it must mirror params.yaml's deploy section.
+        assert deployment["schedules"] == expected[deployment["name"]]
         assert deployment["work_pool"]["name"] == "histoflow"
         assert deployment["parameters"] == {"root": "."}
+    nightly = next(d for d in prefect_yaml["deployments"] if d["name"] == "nightly")
+    assert nightly["concurrency_limit"]["limit"] == deploy.training_concurrency
     (step,) = prefect_yaml["pull"]
     assert "prefect.deployments.steps.set_working_directory" in step

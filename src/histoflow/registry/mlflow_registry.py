@@ -1,45 +1,52 @@
-"""The one adapter to MLflow: tracking set-up, run logging, registration and gated promotion."""
+"""The one adapter to MLflow: tracking set-up, run logging and registration with retries.
+
+Promotion (the rules, the champion lock, rollback) is in :mod:`histoflow.registry.promotion`.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import platform
 import subprocess
-from dataclasses import dataclass
+import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from histoflow.config import Params, RegistryConfig
-from histoflow.registry.pyfunc import HistoflowModel, encode_image_file
+from histoflow.registry._provenance import environment_tags, frozen_requirements, machine_tags
+from histoflow.registry.pyfunc import MODEL_CODE, encode_image_file, model_signature
 
 __all__ = [
-    "Decision",
+    "CHALLENGER",
+    "CHAMPION",
+    "RegistryUnavailable",
     "configure_tracking",
     "git_commit",
+    "is_transient",
     "load_model",
     "log_and_register",
     "log_monitoring",
-    "promote",
     "tracking_uri",
+    "with_retries",
 ]
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+# A version carries REGISTRATION=incomplete from its creation until its tags and alias are set:
+# a version left behind by a crash is never promotable.
+REGISTRATION = "registration"
+
+T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Decision:
-    version: str
-    promoted: bool
-    reason: str
-    metric: str
-    challenger_value: float
-    champion_value: float | None
-    champion_version: str | None
+class RegistryUnavailable(RuntimeError):
+    """The tracking server could not be reached after every retry."""
 
 
 def tracking_uri(root: Path) -> str:
@@ -54,6 +61,9 @@ def configure_tracking(root: Path, experiment: str) -> str:
     """Point MLflow at the tracking store and make sure ``experiment`` exists; returns its id."""
     uri = tracking_uri(root)
     mlflow.set_tracking_uri(uri)
+    # histoflow retries whole operations itself (registry.retries); MLflow's own per-request
+    # retries (7, exponential) would turn a dead server into minutes of silence per call.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     if uri.startswith("sqlite:"):
         (Path(root) / "mlruns").mkdir(parents=True, exist_ok=True)
     existing = mlflow.get_experiment_by_name(experiment)
@@ -68,102 +78,158 @@ def configure_tracking(root: Path, experiment: str) -> str:
     return mlflow.create_experiment(experiment, artifact_location=location)
 
 
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` looks like an unreachable or overloaded server (worth a retry)."""
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    text = str(exc)
+    markers = ("Max retries exceeded", "Connection refused", "Connection aborted", "timed out")
+    if isinstance(exc, MlflowException):
+        code = getattr(exc, "error_code", "")
+        return code in ("TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED") or any(
+            m in text for m in markers
+        )
+    return type(exc).__module__.startswith(("requests", "urllib3")) or any(
+        m in text for m in markers
+    )
+
+
+def with_retries(fn: Callable[[], T], cfg: RegistryConfig, what: str, uri: str) -> T:
+    """Call ``fn``; retry transient failures ``cfg.retries`` times with exponential backoff.
+
+    Raises:
+        RegistryUnavailable: every attempt failed with a transient error.
+    """
+    delay, start = cfg.retry_backoff_s, time.monotonic()
+    for attempt in range(cfg.retries + 1):
+        try:
+            return fn()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            last = exc
+            if attempt < cfg.retries:
+                time.sleep(delay)
+                delay *= 2
+    raise RegistryUnavailable(
+        f"{what}: MLflow at {uri} did not answer after {cfg.retries + 1} attempts over "
+        f"{time.monotonic() - start:.0f} s ({str(last).splitlines()[0][:300]}). No usable version "
+        "was registered (a version created before a failure is deleted, or stays tagged "
+        "registration=incomplete and is never promoted); start the tracking server (or unset "
+        "MLFLOW_TRACKING_URI) and run again."
+    ) from last
+
+
 def log_and_register(
     root: Path,
     params: Params,
     *,
     metrics: dict[str, float],
     model_files: dict[str, Path],
+    classes: list[str],
     example_image: Path,
     artifacts: list[Path],
     tags: dict[str, str],
+    model_card: str | None = None,
 ) -> str:
     """Log one training run with its model, register it, and tag it ``challenger``.
+
+    Transient tracking-server failures are retried (``registry.retries``, exponential backoff
+    from ``registry.retry_backoff_s``); a failed attempt deletes the version it created, so a
+    version exists only once it is complete.
 
     Args:
         root: project folder.
         params: the run's parameters, logged flat.
-        metrics: test metrics, logged.
+        metrics: test metrics (with ``<metric>.ci_low`` / ``.ci_high`` where known), logged.
         model_files: the pyfunc's artifacts: ``encoder`` and ``fusion`` model folders, and
             optionally ``reference`` / ``reference_predictions`` for monitoring.
-        example_image: an image file for the signature's input example.
+        classes: class names, in the model's output order (for the signature).
+        example_image: an image file for the input example.
         artifacts: files and folders logged with the run.
         tags: run tags (git commit, dvc hashes).
+        model_card: markdown, logged with the run and inside the model.
 
     Returns:
         The new model version.
+
+    Raises:
+        RegistryUnavailable: the tracking server could not be reached.
     """
     cfg = params.registry
+    uri = tracking_uri(root)
+    return with_retries(
+        lambda: _log_and_register_once(
+            root, params, metrics, model_files, classes, example_image, artifacts, tags, model_card
+        ),
+        cfg,
+        f"registering {cfg.model_name}",
+        uri,
+    )
+
+
+def _log_and_register_once(
+    root, params, metrics, model_files, classes, example_image, artifacts, tags, model_card
+) -> str:
+    cfg = params.registry
     experiment_id = configure_tracking(root, cfg.experiment)
-    with mlflow.start_run(experiment_id=experiment_id) as run:
+    client = MlflowClient()
+    version = None
+    run = mlflow.start_run(experiment_id=experiment_id)
+    try:
         mlflow.log_params(_flatten(params.model_dump(mode="json", by_alias=True)))
         mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})  # NaN metrics are skipped
-        mlflow.set_tags({**tags, **_machine_tags()})
+        mlflow.set_tags({**tags, **machine_tags(), **environment_tags()})
+        mlflow.log_text(frozen_requirements(), "environment/requirements.txt")
         for path in artifacts:
             if path.is_dir():
                 mlflow.log_artifacts(str(path), artifact_path=path.name)
             elif path.is_file():
                 mlflow.log_artifact(str(path))
-        example = pd.DataFrame({"image": [encode_image_file(example_image)]})
-        model = HistoflowModel()
         files = {name: str(path) for name, path in model_files.items()}
-        model.load_context(_Context(files))
-        signature = infer_signature(example, model.predict(None, example))
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=HistoflowModel(),
-            artifacts=files,
-            signature=signature,
-            input_example=example,
-            pip_requirements=["histoflow"],
-            registered_model_name=cfg.model_name,
+        with tempfile.TemporaryDirectory() as tmp:
+            if model_card is not None:
+                mlflow.log_text(model_card, "model_card.md")
+                card = Path(tmp) / "model_card.md"
+                card.write_text(model_card)
+                files["model_card"] = str(card)
+            example = pd.DataFrame({"image": [encode_image_file(example_image)]})
+            # Signature from the class list, so the model runs once here: MLflow's check that
+            # the input example is servable, which also loads the model from its code file.
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(MODEL_CODE),
+                artifacts=files,
+                signature=model_signature(classes),
+                input_example=example,
+                pip_requirements=[_requirement()],
+            )
+        mv = mlflow.register_model(
+            info.model_uri,
+            cfg.model_name,
+            tags={REGISTRATION: "incomplete", "run_id": run.info.run_id},
         )
-    version = str(info.registered_model_version)
-    client = MlflowClient()
-    client.set_registered_model_alias(cfg.model_name, CHALLENGER, version)
-    client.set_model_version_tag(cfg.model_name, version, "run_id", run.info.run_id)
+        version = str(mv.version)
+        client.set_registered_model_alias(cfg.model_name, CHALLENGER, version)
+        client.set_model_version_tag(cfg.model_name, version, REGISTRATION, "complete")
+    except BaseException:
+        _undo(client, cfg.model_name, version)
+        raise
+    mlflow.end_run()
     return version
 
 
-def promote(cfg: RegistryConfig, version: str, root: Path) -> Decision:
-    """Move ``champion`` to ``version`` only if it beats the champion's metric by the margin.
+def _undo(client: MlflowClient, name: str, version: str | None) -> None:
+    """Best effort after a failed registration: no version left behind, the run marked FAILED.
 
-    The decision and its evidence are written as tags on the version.
+    If the server is down this cannot reach it; the version then keeps ``registration:
+    incomplete`` and promotion refuses it. ``end_run`` leaves no active run either way.
     """
-    mlflow.set_tracking_uri(tracking_uri(root))
-    client = MlflowClient()
-    challenger = _metric(client, cfg.model_name, version, cfg.metric)
-    try:
-        champ = client.get_model_version_by_alias(cfg.model_name, CHAMPION)
-    except MlflowException:
-        champ = None
-    if champ is None:
-        promoted, champ_value, reason = True, None, "no champion yet"
-    else:
-        champ_value = _metric(client, cfg.model_name, champ.version, cfg.metric)
-        promoted = challenger > champ_value + cfg.min_improvement
-        relation = "beats" if promoted else "does not beat"
-        reason = (
-            f"{cfg.metric} {challenger:.4f} {relation} champion v{champ.version} "
-            f"{champ_value:.4f} + margin {cfg.min_improvement}"
-        )
-    if promoted:
-        client.set_registered_model_alias(cfg.model_name, CHAMPION, version)
-    for key, value in {
-        "promotion.decision": "promoted" if promoted else "kept champion",
-        "promotion.reason": reason,
-        "promotion.metric": cfg.metric,
-    }.items():
-        client.set_model_version_tag(cfg.model_name, version, key, value)
-    return Decision(
-        version,
-        promoted,
-        reason,
-        cfg.metric,
-        challenger,
-        champ_value,
-        None if champ is None else champ.version,
-    )
+    if version is not None:
+        with contextlib.suppress(Exception):
+            client.delete_model_version(name, version)
+    with contextlib.suppress(Exception):
+        mlflow.end_run("FAILED")
 
 
 def log_monitoring(root: Path, experiment: str, summary: dict, out_dir: Path) -> str:
@@ -212,21 +278,13 @@ def load_model(uri: str, root: Path):
         ) from None
 
 
-class _Context:
-    """The slice of mlflow's PythonModelContext that :class:`HistoflowModel` reads."""
+def _requirement() -> str:
+    from importlib.metadata import PackageNotFoundError, version
 
-    def __init__(self, artifacts: dict[str, str]):
-        self.artifacts = artifacts
-
-
-def _metric(client: MlflowClient, name: str, version: str, metric: str) -> float:
-    run_id = client.get_model_version(name, version).run_id
-    value = client.get_run(run_id).data.metrics.get(metric)
-    if value is None:
-        raise ValueError(
-            f"model {name} v{version} (run {run_id}) has no metric {metric!r} to compare"
-        )
-    return float(value)
+    try:
+        return f"histoflow=={version('histoflow')}"
+    except PackageNotFoundError:
+        return "histoflow"
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
@@ -238,18 +296,6 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
         else:
             flat[name] = str(value)
     return flat
-
-
-def _machine_tags() -> dict[str, str]:
-    import torch
-
-    return {
-        "machine.platform": platform.platform(),
-        "machine.python": platform.python_version(),
-        "machine.torch": torch.__version__,
-        "machine.cuda": str(torch.cuda.is_available()),
-        "machine.cpus": str(os.cpu_count()),
-    }
 
 
 def git_commit(root: Path) -> str:

@@ -2,6 +2,10 @@
 
 Input: a DataFrame with an ``image`` column of base64-encoded image files (PNG, JPEG, TIFF...).
 Output: ``label``, ``confidence``, ``uncertainty``, ``prob_<class>`` and ``caption`` per row.
+
+The model is logged as code (:data:`MODEL_CODE`, which calls ``mlflow.models.set_model``), not
+pickled: loading it needs the ``histoflow`` package and the logged artifacts (the ``encoder`` and
+``fusion`` model folders, and the monitoring ``reference``), nothing else of the training run.
 """
 
 from __future__ import annotations
@@ -12,16 +16,33 @@ from pathlib import Path
 
 import mlflow.pyfunc
 import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
 from PIL import Image
 
 from histoflow.data.dataset import to_rgb
 
-__all__ = ["HistoflowModel", "encode_image_file"]
+__all__ = ["MODEL_CODE", "HistoflowModel", "encode_image_file", "model_signature"]
+
+# The file MLflow stores with the model and runs at load time (models-from-code).
+MODEL_CODE = Path(__file__).with_name("_model_code.py")
 
 
 def encode_image_file(path: str | Path) -> str:
     """Base64 text of an image file's bytes, the model's input format."""
     return base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def model_signature(classes: list[str]) -> ModelSignature:
+    """The pyfunc's signature, built from the class list (no model run needed)."""
+    outputs = [
+        ColSpec("string", "label"),
+        ColSpec("double", "confidence"),
+        ColSpec("double", "uncertainty"),
+        *(ColSpec("double", f"prob_{c}") for c in classes),
+        ColSpec("string", "caption"),
+    ]
+    return ModelSignature(inputs=Schema([ColSpec("string", "image")]), outputs=Schema(outputs))
 
 
 class HistoflowModel(mlflow.pyfunc.PythonModel):
@@ -46,7 +67,8 @@ class HistoflowModel(mlflow.pyfunc.PythonModel):
         images = []
         for i, data in enumerate(model_input["image"]):
             try:
-                with Image.open(io.BytesIO(base64.b64decode(data))) as img:
+                raw = data if isinstance(data, bytes) else base64.b64decode(data, validate=True)
+                with Image.open(io.BytesIO(raw)) as img:
                     img.load()
                     images.append(to_rgb(img))
             except Exception as exc:

@@ -1,0 +1,372 @@
+"""Gated promotion to ``champion``, by hand or by rule, and rollback; one at a time.
+
+Rules (``params.yaml`` ``registry``), checked in this order:
+
+1. ``floor``: no class recall of the challenger below ``min_class_recall``;
+2. ``margin``: the challenger's ``metric`` beats the champion's by more than ``min_improvement``;
+3. ``ci``: where the challenger has a CI for ``metric`` (``eval.json`` ``ci``), its lower bound
+   is not below the champion's point value (skipped, and said so, without one).
+
+Every change of ``champion`` happens under a registry-wide lock and re-reads the champion inside
+it, so two concurrent promotions are serialised: the second is judged against the first's
+winner. The lock is a registered model named ``<model>.promotion-lock``: creating a registered
+model is atomic in every MLflow store (the name is unique), and deleting it releases the lock.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import platform
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from histoflow.config import RegistryConfig
+from histoflow.registry.mlflow_registry import CHALLENGER, CHAMPION, REGISTRATION, tracking_uri
+
+__all__ = [
+    "Decision",
+    "Evidence",
+    "PromotionLockTimeout",
+    "decide",
+    "evidence",
+    "promote",
+    "promote_by_hand",
+    "rollback",
+    "status",
+]
+
+HISTORY = "champion.history"  # registered-model tag: JSON list of champion versions, oldest first
+_STALE_LOCK_S = 600  # a lock older than this was left by a crashed process
+
+
+class PromotionLockTimeout(TimeoutError):
+    """Another promotion held the lock for longer than ``registry.lock_timeout_s``."""
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the rules read about one model version (from its run's metrics)."""
+
+    version: str
+    value: float
+    ci: tuple[float, float] | None
+    class_recall: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Decision:
+    version: str
+    promoted: bool
+    reason: str
+    metric: str
+    challenger_value: float
+    champion_value: float | None
+    champion_version: str | None
+    checks: dict[str, str] = field(default_factory=dict)  # rule -> "pass: ...", "fail: ...", ...
+
+
+def decide(challenger: Evidence, champion: Evidence | None, cfg: RegistryConfig) -> Decision:
+    """Apply the promotion rules (pure: no registry access)."""
+    checks: dict[str, str] = {}
+    failures: list[str] = []
+    low = {c: r for c, r in challenger.class_recall.items() if r < cfg.min_class_recall}
+    if low:
+        worst = ", ".join(f"{c} {r:.4f}" for c, r in sorted(low.items()))
+        failures.append(f"class recall below the floor {cfg.min_class_recall}: {worst}")
+        checks["floor"] = f"fail: {worst} < {cfg.min_class_recall}"
+    else:
+        checks["floor"] = f"pass: every class recall >= {cfg.min_class_recall}"
+    if champion is None:
+        checks["margin"] = checks["ci"] = "skipped: no champion yet"
+    else:
+        against = f"champion v{champion.version} {champion.value:.4f}"
+        beats = challenger.value > champion.value + cfg.min_improvement
+        checks["margin"] = (
+            f"{'pass' if beats else 'fail'}: {challenger.value:.4f} vs {against} "
+            f"+ {cfg.min_improvement}"
+        )
+        if not beats:
+            failures.append(
+                f"{cfg.metric} {challenger.value:.4f} does not beat {against} "
+                f"+ margin {cfg.min_improvement}"
+            )
+        if not cfg.ci_rule:
+            checks["ci"] = "skipped: registry.ci_rule is false"
+        elif challenger.ci is None:
+            checks["ci"] = "skipped: no CI recorded for the challenger"
+        else:
+            ok = challenger.ci[0] >= champion.value
+            checks["ci"] = (
+                f"{'pass' if ok else 'fail'}: lower bound {challenger.ci[0]:.4f} vs {against}"
+            )
+            if not ok:
+                failures.append(
+                    f"{cfg.metric} 95% CI lower bound {challenger.ci[0]:.4f} is below {against}"
+                )
+    if failures:
+        reason = "; ".join(failures)
+    elif champion is None:
+        reason = "no champion yet"
+    else:
+        reason = (
+            f"{cfg.metric} {challenger.value:.4f} beats champion v{champion.version} "
+            f"{champion.value:.4f} + margin {cfg.min_improvement}"
+            + (f" (CI lower bound {challenger.ci[0]:.4f})" if "pass" in checks["ci"] else "")
+        )
+    return Decision(
+        challenger.version,
+        not failures,
+        reason,
+        cfg.metric,
+        challenger.value,
+        None if champion is None else champion.value,
+        None if champion is None else champion.version,
+        checks,
+    )
+
+
+def evidence(client: MlflowClient, cfg: RegistryConfig, version: str) -> Evidence:
+    """Read a version's promotion evidence from its run.
+
+    Raises:
+        ValueError: the version is incompletely registered or its run lacks ``cfg.metric``.
+    """
+    mv = client.get_model_version(cfg.model_name, version)
+    if mv.tags.get(REGISTRATION, "complete") != "complete":
+        raise ValueError(
+            f"model {cfg.model_name} v{version} was not fully registered "
+            f"({REGISTRATION}={mv.tags[REGISTRATION]}); it cannot be promoted"
+        )
+    metrics = client.get_run(mv.run_id).data.metrics
+    if cfg.metric not in metrics:
+        raise ValueError(
+            f"model {cfg.model_name} v{version} (run {mv.run_id}) has no metric "
+            f"{cfg.metric!r} to compare"
+        )
+    low, high = metrics.get(f"{cfg.metric}.ci_low"), metrics.get(f"{cfg.metric}.ci_high")
+    return Evidence(
+        str(version),
+        float(metrics[cfg.metric]),
+        None if low is None or high is None else (float(low), float(high)),
+        {
+            k.removeprefix("recall."): float(v)
+            for k, v in metrics.items()
+            if k.startswith("recall.")
+        },
+    )
+
+
+def promote(cfg: RegistryConfig, version: str, root: Path) -> Decision:
+    """Move ``champion`` to ``version`` only if the rules allow; decision and evidence as tags."""
+    client = _client(root)
+    with _lock(client, cfg):
+        champion = _champion(client, cfg)
+        decision = decide(
+            evidence(client, cfg, version),
+            None if champion is None else evidence(client, cfg, champion),
+            cfg,
+        )
+        if decision.promoted:
+            _set_champion(client, cfg, version)
+        _record(client, cfg, decision, "promoted" if decision.promoted else "kept champion")
+    return decision
+
+
+def promote_by_hand(cfg: RegistryConfig, version: str, root: Path, note: str = "") -> Decision:
+    """Make ``version`` champion whatever the rules say; what they said is recorded with it."""
+    client = _client(root)
+    with _lock(client, cfg):
+        champion = _champion(client, cfg)
+        if champion == str(version):
+            raise ValueError(f"{cfg.model_name} v{version} is already the champion")
+        rules = decide(
+            evidence(client, cfg, version),
+            None if champion is None else evidence(client, cfg, champion),
+            cfg,
+        )
+        _set_champion(client, cfg, version)
+        decision = Decision(
+            **{
+                **asdict(rules),
+                "promoted": True,
+                "reason": f"by hand ({_who()}){': ' + note if note else ''}; rules said: "
+                + ("promote" if rules.promoted else rules.reason),
+            }
+        )
+        _record(client, cfg, decision, "promoted by hand")
+    return decision
+
+
+def rollback(cfg: RegistryConfig, root: Path, note: str = "") -> tuple[str, str]:
+    """Give ``champion`` back to the previous champion; returns (from_version, to_version).
+
+    Raises:
+        ValueError: there is no champion, or no earlier champion recorded.
+    """
+    client = _client(root)
+    with _lock(client, cfg):
+        current = _champion(client, cfg)
+        history = _history(client, cfg)
+        if current is None:
+            raise ValueError(f"{cfg.model_name} has no champion to roll back")
+        earlier = [v for v in history if v != current]
+        if not earlier:
+            raise ValueError(
+                f"{cfg.model_name} v{current} is the only champion recorded; nothing to roll "
+                "back to (use `histoflow registry promote VERSION`)"
+            )
+        target = earlier[-1]
+        client.set_registered_model_alias(cfg.model_name, CHAMPION, target)
+        _save_history(client, cfg, [*[v for v in history if v != current]])
+        stamp = f"{_now()} by {_who()}" + (f": {note}" if note else "")
+        client.set_model_version_tag(cfg.model_name, current, "rollback.demoted", stamp)
+        client.set_model_version_tag(
+            cfg.model_name, target, "rollback.restored", f"{stamp} (was v{current})"
+        )
+    return current, target
+
+
+def status(cfg: RegistryConfig, root: Path) -> dict:
+    """Champion and challenger with their metrics and promotion tags, and the champion history."""
+    client = _client(root)
+    out: dict = {"model": cfg.model_name, "tracking_uri": tracking_uri(root)}
+    for alias in (CHAMPION, CHALLENGER):
+        try:
+            mv = client.get_model_version_by_alias(cfg.model_name, alias)
+        except MlflowException:
+            out[alias] = None
+            continue
+        run = client.get_run(mv.run_id)
+        m = run.data.metrics
+        recalls = {k.removeprefix("recall."): v for k, v in m.items() if k.startswith("recall.")}
+        out[alias] = {
+            "version": str(mv.version),
+            cfg.metric: m.get(cfg.metric),
+            "ci": [m[f"{cfg.metric}.ci_low"], m[f"{cfg.metric}.ci_high"]]
+            if f"{cfg.metric}.ci_low" in m
+            else None,
+            "min_class_recall": min(recalls.values()) if recalls else None,
+            "accuracy": m.get("accuracy"),
+            "run_id": mv.run_id,
+            "git_commit": run.data.tags.get("git_commit"),
+            **{k: v for k, v in mv.tags.items() if k.startswith(("promotion.", "rollback."))},
+        }
+    out["history"] = _history(client, cfg)
+    return out
+
+
+def _client(root: Path) -> MlflowClient:
+    mlflow.set_tracking_uri(tracking_uri(root))
+    return MlflowClient()
+
+
+def _champion(client: MlflowClient, cfg: RegistryConfig) -> str | None:
+    try:
+        return str(client.get_model_version_by_alias(cfg.model_name, CHAMPION).version)
+    except MlflowException:
+        return None
+
+
+def _history(client: MlflowClient, cfg: RegistryConfig) -> list[str]:
+    tags = client.get_registered_model(cfg.model_name).tags
+    return json.loads(tags.get(HISTORY, "[]"))
+
+
+def _save_history(client: MlflowClient, cfg: RegistryConfig, history: list[str]) -> None:
+    # Tag values are limited in size; 50 champions back is more than a rollback needs.
+    client.set_registered_model_tag(cfg.model_name, HISTORY, json.dumps(history[-50:]))
+
+
+def _set_champion(client: MlflowClient, cfg: RegistryConfig, version: str) -> None:
+    history = _history(client, cfg)
+    previous = _champion(client, cfg)
+    if previous is not None and previous not in history:  # set before histories were kept
+        history.append(previous)
+    client.set_registered_model_alias(cfg.model_name, CHAMPION, str(version))
+    _save_history(client, cfg, [*[v for v in history if v != str(version)], str(version)])
+
+
+def _record(client: MlflowClient, cfg: RegistryConfig, decision: Decision, verdict: str) -> None:
+    tags = {
+        "promotion.decision": verdict,
+        "promotion.reason": decision.reason,
+        "promotion.metric": decision.metric,
+        "promotion.challenger_value": f"{decision.challenger_value:.6f}",
+        "promotion.champion_version": str(decision.champion_version),
+        "promotion.champion_value": "none"
+        if decision.champion_value is None
+        else f"{decision.champion_value:.6f}",
+        "promotion.at": _now(),
+        "promotion.by": _who(),
+        **{f"promotion.check.{k}": v for k, v in decision.checks.items()},
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(cfg.model_name, decision.version, key, value)
+
+
+@contextmanager
+def _lock(client: MlflowClient, cfg: RegistryConfig) -> Iterator[None]:
+    """Hold ``<model>.promotion-lock`` (an atomically created registered model) meanwhile."""
+    name, token = f"{cfg.model_name}.promotion-lock", uuid.uuid4().hex
+    deadline, delay = time.monotonic() + cfg.lock_timeout_s, 0.05
+    while True:
+        try:
+            client.create_registered_model(
+                name,
+                tags={"token": token, "holder": _who()},
+                description=f"held by {_who()} since {_now()} while {cfg.model_name}'s champion "
+                "changes; delete it if that process died",
+            )
+            break
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            _break_if_stale(client, name)
+            if time.monotonic() > deadline:
+                raise PromotionLockTimeout(
+                    f"another promotion of {cfg.model_name} held {name!r} for over "
+                    f"{cfg.lock_timeout_s:.0f} s; try again, or delete that registered model "
+                    "if no promotion is running"
+                ) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+    try:
+        yield
+    finally:
+        try:
+            held = client.get_registered_model(name)
+            if held.tags.get("token") == token:
+                client.delete_registered_model(name)
+        except MlflowException:
+            pass
+
+
+def _break_if_stale(client: MlflowClient, name: str) -> None:
+    try:
+        held = client.get_registered_model(name)
+    except MlflowException:
+        return
+    if time.time() - held.creation_timestamp / 1000 > _STALE_LOCK_S:
+        client.delete_registered_model(name)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _who() -> str:
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = "unknown"
+    return f"{user}@{platform.node()}"
