@@ -228,6 +228,7 @@ def test_deduplicate_drops_eval_copies_and_says_why(
     assert set(dropped).isdisjoint(kept) and _first(manifest).path in kept
     assert metrics["n_deduplicated"] == len(dropped)
     assert metrics["deduplicated_by_split"] == {"test": len(dropped)}
+    assert metrics["classes_missing_from_split"] == {}
     assert metrics["warnings"] == ([] if mode == "near" else ["near_duplicate_across_splits"])
     table = pd.read_csv(out.report / "deduplicated.csv")
     assert sorted(table["path"]) == sorted(dropped)

@@ -105,6 +105,12 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         "n_warnings": len(result.warnings),
         "warnings": sorted({v.check for v in result.warnings}),
         "split_sizes": kept["split"].value_counts().sort_index().to_dict(),
+        # e.g. after deduplication: a class with no test images cannot be scored there.
+        "classes_missing_from_split": {
+            split: sorted(set(classes) - set(rows["label"]))
+            for split, rows in kept.groupby("split")
+            if set(classes) - set(rows["label"])
+        },
         "class_counts": kept["label"].value_counts().sort_index().to_dict(),
         "expectations": result.statistics,
     }
