@@ -90,6 +90,8 @@ def bench_env() -> dict[str, str]:
         TOKENIZERS_PARALLELISM="false",
         HF_HUB_OFFLINE="1",
     )
+    # Prefect's default 20 s for its temporary server to start is too short on a loaded machine.
+    env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     return env
 
 
