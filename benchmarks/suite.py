@@ -219,8 +219,7 @@ def markdown(results: dict) -> str:
     ]
     for name, module in results["modules"].items():
         if module["error"]:
-            last = module["error"].strip().splitlines()[-1]
-            lines.append(f"| {name} | **failed** | | | | | | {_cell(last)} |")
+            lines.append(f"| {name} | **failed** | | | | | | {_cell(_headline(module['error']))} |")
         for f in module["figures"]:
             s = f["summary"]
             lines.append(
@@ -244,6 +243,13 @@ def _checked(figure: dict, module: str) -> dict:
         raise ValueError(f"{where}: 'samples' must be finite numbers, got {samples!r}")
     samples = [float(x) for x in samples]
     return {**figure, "samples": samples, "summary": summarize(samples)}
+
+
+def _headline(error: str) -> str:
+    """The exception line of a traceback (its last line may be the failed command's output)."""
+    lines = error.strip().splitlines()
+    found = [ln for ln in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b", ln)]
+    return (found or lines)[-1]
 
 
 def _num(x: float) -> str:

@@ -48,7 +48,7 @@ def _fake_benchmarks(folder: Path) -> Path:
         )
     )
     (folder / "broken.py").write_text(
-        "def run(quick=False, repeats=3):\n    raise OSError('disk gone')\n"
+        "def run(quick=False, repeats=3):\n    raise OSError('disk gone\\nlast output line')\n"
     )
     (folder / "malformed.py").write_text(
         "def run(quick=False, repeats=3):\n    return [{'figure': 'x', 'unit': 's', 'samples': []}]\n"
@@ -85,7 +85,7 @@ def test_suite_runs_found_modules_and_records_failures(tmp_path):
     md = results["_md"]
     assert "| good | speed | 25.0 | 10.0 - 40.0 | items/s | 4 | >= 1 |" in md
     assert "ratio \\| piped" in md  # a pipe in a name must not break the table
-    assert "| broken | **failed** |" in md and "OSError: disk gone" in md
+    assert "| broken | **failed** | | | | | | OSError: disk gone |" in md
 
 
 def test_suite_only_skip_and_quick(tmp_path):
@@ -107,18 +107,23 @@ def test_suite_only_skip_and_quick(tmp_path):
     assert proc.returncode == 2 and "--repeats must be at least 1" in proc.stderr
 
 
+# pipeline_demo's quick mode still trains, registers and monitors (three Prefect temporary
+# servers: minutes on 2 cores), so `make test` leaves it to `make bench QUICK=1`; every other
+# module runs here.
+_NOT_IN_TESTS = ("pipeline_demo",)
+
+
 @pytest.mark.slow
 def test_quick_suite_runs_every_benchmark(tmp_path):
-    """`make bench QUICK=1`: every module of benchmarks/ runs and gives well-formed figures."""
+    """`make bench QUICK=1`: the modules of benchmarks/ run and give well-formed figures."""
     out = tmp_path / "results"
 
-    proc = _suite("--quick", "--repeats", "1", "--out", str(out))
+    proc = _suite("--quick", "--repeats", "1", "--out", str(out), "--skip", ",".join(_NOT_IN_TESTS))
 
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = _results(out, quick=True)
     modules = results["modules"]
-    expected = {"qc_throughput", "captions_throughput", "monitoring_report"}
-    expected |= {"pipeline_demo", "pipeline_scale"}
+    expected = {"qc_throughput", "captions_throughput", "monitoring_report", "pipeline_scale"}
     assert expected <= set(modules), sorted(modules)
     for name, module in modules.items():
         assert module["error"] is None, f"{name}: {module['error']}"
@@ -128,11 +133,6 @@ def test_quick_suite_runs_every_benchmark(tmp_path):
             assert f["samples"][0] > 0 or "overhead" in f["figure"], (name, f)
         assert f"| {name} |" in results["_md"]
 
-    demo = {f["figure"]: f for f in modules["pipeline_demo"]["figures"]}
-    assert demo["make demo pipeline, end to end"]["samples"][0] > sum(
-        demo[f"make demo: stage {s}"]["samples"][0] for s in ("validate", "train_encoder")
-    )
-    assert demo["make demo pipeline, peak memory (largest process)"]["samples"][0] > 100  # MiB
     scale = {f["figure"] for f in modules["pipeline_scale"]["figures"]}
     for stage in ("validate", "captions"):
         assert f"scale 2x / 1x: {stage} peak memory" in scale
