@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 HF := $(BIN)/histoflow
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser demo test lint format ui clean-outputs
+.PHONY: install browser demo test lint format ui clean-outputs bench
 
 install: $(STAMP)
 
@@ -59,6 +59,11 @@ lint: install
 format: install
 	$(BIN)/ruff format src tests flows benchmarks
 	$(BIN)/ruff check --fix src tests flows benchmarks
+
+# Every benchmark in benchmarks/ (see benchmarks/README.md) into benchmarks/results/<date>-<host>.{json,md}.
+# QUICK=1: reduced sizes (a smoke run, minutes); BENCH_ARGS: more suite options, e.g. --only qc_throughput.
+bench: install
+	$(BIN)/python benchmarks/suite.py $(if $(QUICK),--quick) $(BENCH_ARGS)
 
 # MLflow UI on :5000 and Prefect UI on :4200, both reading this project's local stores.
 ui: install

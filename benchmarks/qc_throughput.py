@@ -9,7 +9,8 @@ Writes N distinct RGB PNG tiles to a temporary folder (a few hundred synthetic H
 rolls), then times ``feature_table`` in-process, with worker processes (also writing a parquet
 cache) and the cached re-runs, and checks that every run returns the same table. Each run records
 wall time, CPU time and peak resident memory of the whole process tree (workers included).
-Prints a markdown table and writes ``benchmarks/results/qc_throughput.json``.
+Prints a markdown table and writes ``benchmarks/results/qc_throughput.json``; ``run`` gives the
+same measurements to the suite (``benchmarks/suite.py``, ``make bench``).
 
 Targets (issue "Data contracts"): at least 500 images/s on 2 cores for 64 px PNGs, and peak
 memory under 1 GB at 20,000 images.
@@ -54,22 +55,9 @@ def main(argv: list[str] | None = None) -> dict:
         started = time.perf_counter()
         paths = make_tiles(Path(tmp), n=args.n, size=args.size)
         make_s = time.perf_counter() - started
-        cache = Path(tmp) / "qc_cache.parquet"
         load_before = os.getloadavg()
-
         w = args.workers
-        runs, tables = {}, {}
-        for name, kwargs in [
-            ("workers=0", {"workers": 0}),
-            (f"workers={w}, writing the cache", {"workers": w, "cache": cache}),
-            ("cached re-run, workers=0", {"workers": 0, "cache": cache}),
-            (f"cached re-run, workers={w}", {"workers": w, "cache": cache}),
-        ]:
-            runs[name], tables[name] = _run(paths, **kwargs)
-        first = tables["workers=0"]
-        for name, table in tables.items():  # every run must give the same table
-            pd.testing.assert_frame_equal(table, first, obj=f"table of run {name!r}")
-        distinct = first["sha256"].nunique()
+        runs, distinct = _measure(paths, Path(tmp) / "qc_cache.parquet", w)
 
     peak = {
         "process_tree_mib": max(run["tree_peak_mib"] for run in runs.values()),
@@ -101,6 +89,75 @@ def main(argv: list[str] | None = None) -> dict:
     write_json(args.out, results)
     print(f"\nwrote {args.out}")
     return results
+
+
+def run(quick: bool = False, repeats: int = 3) -> list[dict]:
+    """The suite's figures (``benchmarks/suite.py``): each run measured ``repeats`` times.
+
+    Full: 20,000 tiles, 2 workers; quick: 1,000 tiles. The tiles are written once; each repeat
+    starts from an empty parquet cache. Ratios come from the same repeat's runs.
+    """
+    n, w = (1000, 2) if quick else (20_000, 2)
+    with tempfile.TemporaryDirectory(prefix="qc_bench_") as tmp:
+        paths = make_tiles(Path(tmp), n=n, size=64)
+        reps = []
+        for i in range(repeats):
+            runs, _ = _measure(paths, Path(tmp) / f"qc_cache_{i}.parquet", w)
+            reps.append(runs)
+    first, cached = f"workers={w}, writing the cache", f"cached re-run, workers={w}"
+
+    def samples(name: str, key: str) -> list[float]:
+        return [r[name][key] for r in reps]
+
+    note = f"{n:,} distinct 64 px PNGs"
+    return [
+        {
+            "figure": "validate QC table, 1 process",
+            "unit": "images/s",
+            "samples": samples("workers=0", "images_per_s"),
+            "notes": note,
+        },
+        {
+            "figure": f"validate QC table, {w} worker processes",
+            "unit": "images/s",
+            "samples": samples(first, "images_per_s"),
+            "target": f">= {TARGET_IMAGES_PER_S}/s on 2 cores",
+            "notes": note,
+        },
+        {
+            "figure": f"validate QC table, {w} workers vs 1 process",
+            "unit": "x faster",
+            "samples": [r["workers=0"]["seconds"] / r[first]["seconds"] for r in reps],
+        },
+        {
+            "figure": "validate QC table, cached re-run vs first run",
+            "unit": "x faster",
+            "samples": [r[first]["seconds"] / r[cached]["seconds"] for r in reps],
+        },
+        {
+            "figure": "validate QC table, peak memory (process tree)",
+            "unit": "MiB",
+            "samples": [max(run["tree_peak_mib"] for run in r.values()) for r in reps],
+            "target": f"< {TARGET_PEAK_MIB} MiB at 20,000 images",
+            "notes": note,
+        },
+    ]
+
+
+def _measure(paths: list[Path], cache: Path, w: int) -> tuple[dict, int]:
+    """The four runs (1 process; workers writing the cache; two cached re-runs), checked equal."""
+    runs, tables = {}, {}
+    for name, kwargs in [
+        ("workers=0", {"workers": 0}),
+        (f"workers={w}, writing the cache", {"workers": w, "cache": cache}),
+        ("cached re-run, workers=0", {"workers": 0, "cache": cache}),
+        (f"cached re-run, workers={w}", {"workers": w, "cache": cache}),
+    ]:
+        runs[name], tables[name] = _run(paths, **kwargs)
+    first = tables["workers=0"]
+    for name, table in tables.items():  # every run must give the same table
+        pd.testing.assert_frame_equal(table, first, obj=f"table of run {name!r}")
+    return runs, first["sha256"].nunique()
 
 
 def make_tiles(folder: Path, *, n: int, size: int) -> list[Path]:

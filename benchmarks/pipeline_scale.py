@@ -1,0 +1,152 @@
+"""How pipeline time and memory grow with the dataset: 1x, 4x and 16x the built-in dataset.
+
+Usage::
+
+    python benchmarks/pipeline_scale.py [--quick] [--repeats 3]
+
+Generates the built-in synthetic dataset (6 classes) once at the largest size, 16 x 80 tiles
+per class, and hard-links its first 80, 320 and 1,280 tiles per class into one throw-away
+project per size (byte for byte ``histoflow data synth --per-class N --size 32``: the generator
+keeps earlier tiles when the count grows). Each project runs every ``dvc.yaml`` stage cold with
+``dvc repro --single-item STAGE``, timed, with the peak resident memory of its largest process.
+
+Bench-specific choices keep the 16x run to minutes on 2 cores: 32 px tiles instead of 64
+(``data.image_size: 32``), encoder 1 epoch, fusion 5 epochs (``SCALE_PARAMS``); the other
+params are the repository's. Figures: per size, each stage's time and peak memory; and, from the
+same sweep, growth ratios 16x / 1x (linear time growth is 16x; flat memory is 1x). One sweep
+is minutes, so the full mode sweeps once. ``--quick`` is a smoke run of the same code: the tiny
+test data at 1x and 2x (3 classes x 16 and 32 tiles), ``validate`` and ``captions`` only,
+``repeats`` sweeps.
+
+Prints a markdown table and writes ``benchmarks/results/pipeline_scale.json``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from _figures import figures_main  # benchmarks/ is on sys.path when run as a script
+from _project import (
+    BIN,
+    QUICK_DATA,
+    QUICK_PARAMS,
+    Measurement,
+    make_project,
+    measure,
+    subset_data,
+    synth_data,
+)
+
+from histoflow.dvc import stage_order
+
+RESULTS = Path(__file__).parent / "results" / "pipeline_scale.json"
+SCALES = (1, 4, 16)
+QUICK_SCALES = (1, 2)
+QUICK_STAGES = ("validate", "captions")  # each stage is a process start (~5 s): keep quick short
+BASE_PER_CLASS = 80  # the built-in dataset: `histoflow data synth` defaults, 6 classes x 80
+# Only what must shrink for the 16x run to take minutes; everything else is params.yaml's.
+SCALE_PARAMS = {
+    "data": {"image_size": 32},
+    "train_encoder": {"epochs": 1},
+    "train_fusion": {"epochs": 5, "patience": 5},
+}
+FLAT_MEMORY_STAGES = ("validate", "captions", "embed")  # target: memory flat in dataset size
+_FULL_SWEEPS = 1
+
+
+def run(quick: bool = False, repeats: int = 3) -> list[dict]:
+    """The suite's figures (``benchmarks/suite.py``); see the module docstring."""
+    scales = QUICK_SCALES if quick else SCALES
+    base = QUICK_DATA["per_class"] if quick else BASE_PER_CLASS
+    data_args = QUICK_DATA if quick else {"per_class": BASE_PER_CLASS, "size": 32, "classes": 6}
+    params = QUICK_PARAMS if quick else SCALE_PARAMS
+    sweeps = repeats if quick else _FULL_SWEEPS
+    # runs[sweep][scale][stage] -> Measurement
+    runs: list[dict[int, dict[str, Measurement]]] = []
+    with tempfile.TemporaryDirectory(prefix="hf-bench-scale-") as tmp:
+        root = Path(tmp)
+        full = synth_data(root / "full", **{**data_args, "per_class": base * max(scales)})
+        for sweep in range(sweeps):
+            runs.append({})
+            for k in scales:
+                data = subset_data(full, root / f"data_{sweep}_{k}x", base * k)
+                project = make_project(root / f"project_{sweep}_{k}x", data, params)
+                stages = [s for s in stage_order(project) if not quick or s in QUICK_STAGES]
+                runs[-1][k] = {
+                    stage: measure([str(BIN / "dvc"), "repro", "--single-item", stage], project)
+                    for stage in stages
+                }
+
+    n_classes = data_args["classes"]
+    what = "tiny test params" if quick else "32 px tiles, encoder 1 epoch, fusion 5 epochs"
+    stages = list(runs[0][scales[0]])
+    figures = []
+    for k in scales:
+        n = n_classes * base * k
+        figures.append(
+            {
+                "figure": f"scale {k}x ({n:,} images): whole pipeline",
+                "unit": "s",
+                "samples": [sum(m.seconds for m in r[k].values()) for r in runs],
+                "notes": what,
+            }
+        )
+        figures.append(
+            {
+                "figure": f"scale {k}x ({n:,} images): peak memory, largest stage",
+                "unit": "MiB",
+                "samples": [max(m.peak_rss_mib for m in r[k].values()) for r in runs],
+            }
+        )
+        for stage in stages:
+            figures.append(
+                {
+                    "figure": f"scale {k}x ({n:,} images): {stage}",
+                    "unit": "s",
+                    "samples": [r[k][stage].seconds for r in runs],
+                }
+            )
+            figures.append(
+                {
+                    "figure": f"scale {k}x ({n:,} images): {stage} peak memory",
+                    "unit": "MiB",
+                    "samples": [r[k][stage].peak_rss_mib for r in runs],
+                }
+            )
+    lo, hi = scales[0], scales[-1]
+    growth = f"{hi}x / {lo}x"
+    figures.append(
+        {
+            "figure": f"scale {growth}: whole pipeline time",
+            "unit": "x",
+            "samples": [
+                sum(m.seconds for m in r[hi].values()) / sum(m.seconds for m in r[lo].values())
+                for r in runs
+            ],
+            "target": f"<= {hi // lo} (linear or better)",
+        }
+    )
+    for stage in stages:
+        figures.append(
+            {
+                "figure": f"scale {growth}: {stage} time",
+                "unit": "x",
+                "samples": [r[hi][stage].seconds / r[lo][stage].seconds for r in runs],
+                "target": f"<= {hi // lo} (linear or better)",
+            }
+        )
+    for stage in (s for s in FLAT_MEMORY_STAGES if s in stages):
+        figures.append(
+            {
+                "figure": f"scale {growth}: {stage} peak memory",
+                "unit": "x",
+                "samples": [r[hi][stage].peak_rss_mib / r[lo][stage].peak_rss_mib for r in runs],
+                "target": "about 1 (flat in dataset size)",
+            }
+        )
+    return figures
+
+
+if __name__ == "__main__":
+    figures_main(run, RESULTS, __doc__)

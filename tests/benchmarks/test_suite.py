@@ -1,0 +1,139 @@
+"""The benchmark suite (benchmarks/suite.py): discovery, failures, and every real module in quick mode.
+
+These check that the suite runs and records what it measures, never how fast anything is.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SUITE = REPO / "benchmarks" / "suite.py"
+
+
+def _suite(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SUITE), *args], cwd=cwd, capture_output=True, text=True
+    )
+
+
+def _results(out: Path, *, quick: bool) -> dict:
+    found = sorted(out.glob("*-quick.json" if quick else "*.json"))
+    assert len(found) == 1, f"expected one results file in {out}, found {found}"
+    md = found[0].with_suffix(".md")
+    assert md.is_file(), f"{md} missing beside {found[0]}"
+    return json.loads(found[0].read_text()) | {"_md": md.read_text()}
+
+
+def _fake_benchmarks(folder: Path) -> Path:
+    """A benchmark folder: a good module, a failing one, a malformed one, a helper, a script."""
+    folder.mkdir()
+    (folder / "good.py").write_text(
+        textwrap.dedent(
+            """
+            def run(quick=False, repeats=3):
+                base = 1.0 if quick else 10.0
+                return [
+                    {"figure": "speed", "unit": "items/s",
+                     "samples": [base * (i + 1) for i in range(repeats)], "target": ">= 1"},
+                    {"figure": "ratio | piped", "unit": "x", "samples": [2.0] * repeats},
+                ]
+            """
+        )
+    )
+    (folder / "broken.py").write_text(
+        "def run(quick=False, repeats=3):\n    raise OSError('disk gone\\nlast output line')\n"
+    )
+    (folder / "malformed.py").write_text(
+        "def run(quick=False, repeats=3):\n    return [{'figure': 'x', 'unit': 's', 'samples': []}]\n"
+    )
+    (folder / "_helper.py").write_text("def run(quick=False, repeats=3):\n    return []\n")
+    (folder / "script.py").write_text("print('not a benchmark')\n")
+    return folder
+
+
+def test_suite_runs_found_modules_and_records_failures(tmp_path):
+    bench = _fake_benchmarks(tmp_path / "bench")
+    out = tmp_path / "results"
+
+    proc = _suite("--dir", str(bench), "--out", str(out), "--repeats", "4")
+
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # two modules failed
+    results = _results(out, quick=False)
+    assert list(results["modules"]) == ["broken", "good", "malformed"]  # no helper, no script
+    good = results["modules"]["good"]
+    assert good["error"] is None
+    speed = good["figures"][0]
+    assert speed["samples"] == [10.0, 20.0, 30.0, 40.0]
+    assert speed["summary"] == {
+        "median": 25.0,
+        "min": 10.0,
+        "max": 40.0,
+        "iqr": [17.5, 32.5],
+        "n": 4,
+    }
+    assert "OSError: disk gone" in results["modules"]["broken"]["error"]
+    assert "'samples' must be a non-empty list" in results["modules"]["malformed"]["error"]
+    assert results["repeats"] == 4 and results["quick"] is False
+    assert results["machine"]["cpus"] >= 1 and "load_average_before" in results["machine"]
+    md = results["_md"]
+    assert "| good | speed | 25.0 | 10.0 - 40.0 | items/s | 4 | >= 1 |" in md
+    assert "ratio \\| piped" in md  # a pipe in a name must not break the table
+    assert "| broken | **failed** | | | | | | OSError: disk gone |" in md
+
+
+def test_suite_only_skip_and_quick(tmp_path):
+    bench = _fake_benchmarks(tmp_path / "bench")
+    out = tmp_path / "results"
+
+    proc = _suite(
+        "--dir", str(bench), "--out", str(out), "--quick", "--repeats", "1", "--only", "good"
+    )
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = _results(out, quick=True)
+    assert list(results["modules"]) == ["good"]
+    assert results["modules"]["good"]["figures"][0]["samples"] == [1.0]
+
+    proc = _suite("--dir", str(bench), "--out", str(out), "--only", "nope")
+    assert proc.returncode == 2 and "unknown benchmark(s) ['nope']" in proc.stderr
+    proc = _suite("--dir", str(bench), "--out", str(out), "--repeats", "0")
+    assert proc.returncode == 2 and "--repeats must be at least 1" in proc.stderr
+
+
+# pipeline_demo's quick mode still trains, registers and monitors (three Prefect temporary
+# servers: minutes on 2 cores), so `make test` leaves it to `make bench QUICK=1`; every other
+# module runs here.
+_NOT_IN_TESTS = ("pipeline_demo",)
+
+
+@pytest.mark.slow
+def test_quick_suite_runs_every_benchmark(tmp_path):
+    """`make bench QUICK=1`: the modules of benchmarks/ run and give well-formed figures."""
+    out = tmp_path / "results"
+
+    proc = _suite("--quick", "--repeats", "1", "--out", str(out), "--skip", ",".join(_NOT_IN_TESTS))
+
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = _results(out, quick=True)
+    modules = results["modules"]
+    expected = {"qc_throughput", "captions_throughput", "monitoring_report", "pipeline_scale"}
+    assert expected <= set(modules), sorted(modules)
+    for name, module in modules.items():
+        assert module["error"] is None, f"{name}: {module['error']}"
+        assert module["figures"], f"{name} gave no figures"
+        for f in module["figures"]:
+            assert f["summary"]["n"] == len(f["samples"]) >= 1, (name, f)
+            assert f["samples"][0] > 0 or "overhead" in f["figure"], (name, f)
+        assert f"| {name} |" in results["_md"]
+
+    scale = {f["figure"] for f in modules["pipeline_scale"]["figures"]}
+    for stage in ("validate", "captions"):
+        assert f"scale 2x / 1x: {stage} peak memory" in scale
+        assert f"scale 2x (96 images): {stage}" in scale
