@@ -92,7 +92,8 @@ def test_dvc_exp_run_sweep_point_is_recorded_in_mlflow(tmp_path, reproduced_proj
     runs = mlflow.search_runs(
         experiment_names=["histoflow"], filter_string="tags.`dvc.exp_name` = 'lr-sweep-1'"
     )
-    assert len(runs) == 1
+    every = mlflow.search_runs(search_all_experiments=True)
+    assert len(runs) == 1, f"runs in {root}/mlruns: {every.filter(like='tags.').to_dict()}\n{out}"
     run = runs.iloc[0]
     assert run["params.train_fusion.lr"] == "0.005"
     assert 0.0 <= run["metrics.macro_recall"] <= 1.0

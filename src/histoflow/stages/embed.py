@@ -145,6 +145,9 @@ def _embed_missing(
         num_workers=p.num_workers,
         pin_memory=embedder.device.type == "cuda",
         prefetch_factor=4 if p.num_workers else None,
+        # Workers forked from a process with threads (a Prefect or browser session in the same
+        # interpreter) can die at start; a forkserver starts them from a clean process.
+        multiprocessing_context="forkserver" if p.num_workers else None,
     )
     done = 0
     with tqdm(total=len(todo), desc="embed images", unit="img") as bar:
