@@ -23,6 +23,7 @@ import psutil
 import yaml
 
 from histoflow.data.synthetic import generate
+from histoflow.tiny import TINY, TINY_DATA
 
 __all__ = [
     "BIN",
@@ -42,25 +43,9 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the environment's `histoflow` and `dvc`
 _SAMPLE_EVERY_S = 0.05
 
-# Quick mode: the test suite's tiny dataset and params (tests/conftest.py, TINY_DATA and TINY).
-QUICK_DATA = {"classes": 3, "per_class": 16, "size": 32}
-QUICK_PARAMS = {
-    "data": {"image_size": 32, "val_fraction": 0.25, "test_fraction": 0.25},
-    "validate": {"min_per_class": 3},
-    "train_encoder": {"backbone": "test_resnet", "epochs": 3, "batch_size": 16, "lr": 0.005},
-    "embed": {"batch_size": 64, "token_grid": 2, "max_text_tokens": 32},
-    "train_fusion": {
-        "width": 32,
-        "layers": 1,
-        "heads": 2,
-        "classifier_heads": 3,
-        "epochs": 12,
-        "batch_size": 16,
-        "patience": 6,
-        "lr": 0.003,
-    },
-    "evaluate": {"batch_size": 64},
-}
+# Quick mode: the test suite's tiny dataset and params (histoflow.tiny).
+QUICK_DATA = {k: TINY_DATA[k] for k in ("classes", "per_class", "size")}
+QUICK_PARAMS = TINY
 
 
 @dataclass(frozen=True)

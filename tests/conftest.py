@@ -18,28 +18,11 @@ import yaml
 
 from histoflow.config import Params, parse_params
 from histoflow.data.synthetic import generate
+from histoflow.tiny import TINY, TINY_DATA
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = str(Path(sys.executable).parent)
 
-# Overrides that shrink the default pipeline to a few seconds per stage.
-TINY = {
-    "data": {"image_size": 32, "val_fraction": 0.25, "test_fraction": 0.25},
-    "validate": {"min_per_class": 3},
-    "train_encoder": {"backbone": "test_resnet", "epochs": 3, "batch_size": 16, "lr": 0.005},
-    "embed": {"batch_size": 64, "token_grid": 2, "max_text_tokens": 32},
-    "train_fusion": {
-        "width": 32,
-        "layers": 1,
-        "heads": 2,
-        "classifier_heads": 3,
-        "epochs": 12,
-        "batch_size": 16,
-        "patience": 6,
-        "lr": 0.003,
-    },
-    "evaluate": {"batch_size": 64, "bootstrap": 200},
-}
 # (mean, std) of each per-image QC feature, for monitoring tests that need realistic tables
 # without images; the scales differ on purpose.
 FEATURE_STATS = {
@@ -54,7 +37,6 @@ FEATURE_STATS = {
     "od_hematoxylin": (0.45, 0.08),
     "od_eosin": (0.35, 0.07),
 }
-TINY_DATA = {"classes": 3, "per_class": 16, "size": 32, "seed": 0, "patients_per_class": 8}
 
 
 def tiny_params_dict(**overrides: dict) -> dict:
