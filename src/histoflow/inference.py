@@ -95,7 +95,12 @@ class Predictor:
     ) -> Predictor:
         fusion, meta = load_fusion(fusion_dir)
         embedder = ImageEmbedder(encoder_dir, meta["token_grid"], accelerator=accelerator)
-        text = TextEncoder(meta["text_model"], meta["max_text_tokens"])
+        text = TextEncoder(
+            meta["text_model"],
+            meta["max_text_tokens"],
+            device=embedder.device,
+            precision="bf16" if embedder.bf16 else "32",
+        )
         captioner = create_captioner(meta.get("captioner", {"backend": "morphology"}))
         return cls(embedder, fusion, text, captioner, list(meta["classes"]))
 

@@ -46,6 +46,29 @@ def test_bundled_encoder_gives_real_sentence_embeddings():
     assert not emb.tokens[~emb.mask].any()  # padding is zeroed
 
 
+@pytest.mark.parametrize("precision", ["32", "bf16"])
+def test_a_caption_embeds_the_same_alone_or_in_any_batch(precision):
+    """Fixed-shape forward passes: under bf16 too, other captions in a batch change nothing."""
+    encoder = TextEncoder(max_tokens=24, precision=precision)
+    texts = [f"{'densely cellular ' * (i % 4)}tissue {i} with pleomorphic nuclei" for i in range(40)]
+    together = encoder.encode(texts)
+    for i in (0, 1, 33):
+        alone = encoder.encode([texts[i]])
+        assert torch.equal(together.tokens[i], alone.tokens[0]), i
+        assert torch.equal(together.pooled[i], alone.pooled[0]), i
+        assert torch.equal(together.mask[i], alone.mask[0]), i
+    assert not together.tokens[~together.mask].any()
+
+
+def test_bf16_text_embeddings_match_fp32_closely():
+    texts = ["densely cellular tissue with large pleomorphic nuclei", "empty white fat cells"]
+    fp32 = TextEncoder(max_tokens=24, precision="32")
+    bf16 = TextEncoder(max_tokens=24, precision="bf16")
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
+    cos = torch.nn.functional.cosine_similarity(fp32.encode(texts).pooled, bf16.encode(texts).pooled)
+    assert cos.min() > 0.999, cos
+
+
 def test_tampered_weights_are_refused(tmp_path):
     fake = tmp_path / "model.safetensors"
     fake.write_bytes(b"not the official weights")
@@ -82,4 +105,8 @@ def test_embedding_cache_reuses_and_matches(tiny_encoder_dir, tmp_path):
     assert torch.equal(first.mask, direct.mask)
     # Another encoder (fingerprint) or token budget never reuses these rows.
     _, computed = encode_cached(encoder, texts, tmp_path / "c.sqlite", fingerprint="other")
+    assert computed == 3
+    # Nor does the same encoder at another precision (bf16 values differ from fp32's).
+    bf16 = TextEncoder(str(tiny_encoder_dir), max_tokens=12, precision="bf16")
+    _, computed = encode_cached(bf16, texts, tmp_path / "c.sqlite", fingerprint=bf16.fingerprint)
     assert computed == 3

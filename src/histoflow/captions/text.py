@@ -20,6 +20,7 @@ __all__ = ["BUNDLED_MODEL", "BUNDLED_SHA256", "TextEmbeddings", "TextEncoder", "
 BUNDLED_MODEL = "all-MiniLM-L6-v2"
 # sha256 of the official sentence-transformers/all-MiniLM-L6-v2 model.safetensors.
 BUNDLED_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+_ROWS = 32  # texts per forward pass, always (see TextEncoder.encode)
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,25 @@ def bundled_model_dir() -> Path:
 class TextEncoder:
     """Encode captions into token embeddings (for cross-attention) and a pooled vector."""
 
-    def __init__(self, model: str = BUNDLED_MODEL, max_tokens: int = 64, device: str = "cpu"):
+    def __init__(
+        self,
+        model: str = BUNDLED_MODEL,
+        max_tokens: int = 64,
+        device: str | torch.device = "cpu",
+        precision: str = "32",
+    ):
+        """Load ``model`` (hub id, local folder or the bundled default).
+
+        Args:
+            model: the encoder.
+            max_tokens: captions are truncated to, and outputs padded to, this many tokens.
+            device: where the encoder runs.
+            precision: ``auto`` (bf16 autocast where ``device`` has native bf16, as for the
+                image encoder), ``bf16`` or ``32``.
+        """
         from transformers import AutoModel, AutoTokenizer
+
+        from histoflow.device import use_bf16
 
         source = str(bundled_model_dir()) if model == BUNDLED_MODEL else model
         local = Path(source).exists()
@@ -61,28 +79,42 @@ class TextEncoder:
         self.name = model
         self.fingerprint = _fingerprint(Path(source)) if local else model
         self.max_tokens = max_tokens
-        self.device = device
+        self.device = torch.device(device)
+        self.bf16 = use_bf16(self.device, precision)
+        self.precision = "bf16" if self.bf16 else "fp32"  # part of cache keys: values differ
         self.dim = int(self.model.config.hidden_size)
 
     @torch.inference_mode()
     def encode(self, texts: list[str], batch_size: int = 64) -> TextEmbeddings:
-        """Embed ``texts``; every batch is padded to ``max_tokens`` so the result stacks."""
+        """Embed ``texts``: token embeddings zero-padded to ``max_tokens``, so they stack.
+
+        Every forward pass has the same shape (``_ROWS`` texts, padded with empty ones, of
+        ``max_tokens`` tokens): under bf16 the kernels' rounding depends on the shape, and a
+        fixed one makes a caption's embedding the same whatever else is in its batch.
+        ``batch_size`` is accepted for the callers' chunking and does not change the result.
+        """
+        from histoflow.device import autocast
+
+        del batch_size
         tokens, masks, pooled = [], [], []
-        for start in range(0, len(texts), batch_size):
+        for start in range(0, len(texts), _ROWS):
+            chunk = list(texts[start : start + _ROWS])
             batch = self.tokenizer(
-                texts[start : start + batch_size],
+                chunk + [""] * (_ROWS - len(chunk)),
                 padding="max_length",
                 truncation=True,
                 max_length=self.max_tokens,
                 return_tensors="pt",
             ).to(self.device)
-            hidden = self.model(**batch).last_hidden_state  # (B, L, D)
-            mask = batch["attention_mask"].bool()  # (B, L)
+            with autocast(self.device, self.bf16):
+                hidden = self.model(**batch).last_hidden_state.float()  # (R, L, D)
+            mask = batch["attention_mask"].bool()  # (R, L)
             hidden = hidden * mask.unsqueeze(-1)
             mean = hidden.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
-            tokens.append(hidden.float().cpu())
-            masks.append(mask.cpu())
-            pooled.append(F.normalize(mean, dim=-1).float().cpu())
+            n = len(chunk)
+            tokens.append(hidden[:n].cpu())
+            masks.append(mask[:n].cpu())
+            pooled.append(F.normalize(mean[:n], dim=-1).cpu())
         if not texts:
             empty = torch.zeros(0, self.max_tokens, self.dim)
             return TextEmbeddings(

@@ -1,4 +1,4 @@
-"""A disk cache of caption text embeddings, keyed by (encoder, max tokens, caption text).
+"""A disk cache of caption text embeddings, keyed by (encoder, max tokens, precision, text).
 
 SQLite, one transaction per batch: an interrupted ``embed`` keeps what it finished.
 """
@@ -36,7 +36,7 @@ def encode_cached(
         The embeddings in the order of ``texts``, and how many distinct texts were computed.
     """
     cache.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f"{fingerprint}|{encoder.max_tokens}|"
+    prefix = f"{fingerprint}|{encoder.max_tokens}|{encoder.precision}|"
     keys = [hashlib.sha256((prefix + t).encode()).hexdigest() for t in texts]
     with sqlite3.connect(cache) as db:
         db.execute("PRAGMA journal_mode=WAL")
