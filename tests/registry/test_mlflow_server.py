@@ -212,8 +212,11 @@ def test_mlflow_models_serve_answers_like_histoflow_predict(
 def test_two_concurrent_promotions_cannot_both_win(over_http, reproduced_project):
     client = over_http
     recalls = {"a": 0.99, "b": 0.99}
-    versions = [_cheap_version(client, 0.99, recalls) for _ in range(2)]
     cfg = _params().registry
+    # A known, beatable champion: the tiny pipeline's own may score 1.0, which nothing beats.
+    low = _cheap_version(client, 0.5, {"a": 0.5, "b": 0.5})
+    promote_by_hand(cfg, low, reproduced_project, note="baseline for the race")
+    versions = [_cheap_version(client, 0.99, recalls) for _ in range(2)]
     barrier, decisions = threading.Barrier(2), {}
 
     def race(version):
