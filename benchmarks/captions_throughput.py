@@ -132,10 +132,10 @@ def main(argv: list[str] | None = None) -> dict:
 def run(quick: bool = False, repeats: int = 3) -> list[dict]:
     """The suite's figures (``benchmarks/suite.py``), each measured ``repeats`` times.
 
-    Full: 1,000 tiles; quick: 120. Each repeat captions the same decoded tiles, runs the stage
+    Full: 1,000 tiles; quick: 60. Each repeat captions the same decoded tiles, runs the stage
     on a fresh cache and then cached, and encodes the captions; the speed-up is per repeat.
     """
-    n = 120 if quick else 1000
+    n = 60 if quick else 1000
     cfg = load_params(REPO / "params.yaml")
     cfg = cfg.model_copy(
         update={"captions": cfg.captions.model_copy(update={"backend": "morphology"})}

@@ -93,10 +93,10 @@ def main(argv: list[str] | None = None) -> dict:
 def run(quick: bool = False, repeats: int = 3) -> list[dict]:
     """The suite's figures (``benchmarks/suite.py``), each measured ``repeats`` times.
 
-    Full: a 1,000-image batch against 1,000 reference rows; quick: 200 against 200. Figures
+    Full: a 1,000-image batch against 1,000 reference rows; quick: 100 against 100. Figures
     are seconds per 1,000 images (the batch's time scaled by 1,000 / n).
     """
-    n = 200 if quick else 1000
+    n = 100 if quick else 1000
     reps = []
     with tempfile.TemporaryDirectory(prefix="hf-bench-monitor-") as tmp:
         root = Path(tmp)

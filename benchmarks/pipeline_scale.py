@@ -11,8 +11,9 @@ keeps earlier tiles when the count grows). Each project runs every ``dvc.yaml`` 
 ``dvc repro --single-item STAGE``, timed, with the peak resident memory of its largest process.
 
 Bench-specific choices keep the 16x run to minutes on 2 cores: 32 px tiles instead of 64
-(``data.image_size: 32``), encoder 1 epoch, fusion 5 epochs (``SCALE_PARAMS``); the other
-params are the repository's. Figures: per size, each stage's time and peak memory; and, from the
+(``data.image_size: 32``), encoder 1 epoch, fusion 3 epochs without the ablation models,
+200 bootstrap resamples (``SCALE_PARAMS``); the other params are the repository's. Time
+growth is measured with fixed epoch counts, so it is the growth of the work per epoch. Figures: per size, each stage's time and peak memory; and, from the
 same sweep, growth ratios 16x / 1x (linear time growth is 16x; flat memory is 1x). One sweep
 is minutes, so the full mode sweeps once. ``--quick`` is a smoke run of the same code: the tiny
 test data at 1x and 2x (3 classes x 16 and 32 tiles), ``validate`` and ``captions`` only,
@@ -49,7 +50,8 @@ BASE_PER_CLASS = 80  # the built-in dataset: `histoflow data synth` defaults, 6 
 SCALE_PARAMS = {
     "data": {"image_size": 32},
     "train_encoder": {"epochs": 1},
-    "train_fusion": {"epochs": 5, "patience": 5},
+    "train_fusion": {"epochs": 3, "patience": 3, "ablations": []},
+    "evaluate": {"bootstrap": 200},
 }
 FLAT_MEMORY_STAGES = ("validate", "captions", "embed")  # target: memory flat in dataset size
 _FULL_SWEEPS = 1
@@ -79,7 +81,11 @@ def run(quick: bool = False, repeats: int = 3) -> list[dict]:
                 }
 
     n_classes = data_args["classes"]
-    what = "tiny test params" if quick else "32 px tiles, encoder 1 epoch, fusion 5 epochs"
+    what = (
+        "tiny test params"
+        if quick
+        else "32 px tiles, encoder 1 epoch, fusion 3 epochs (no ablations), 200 bootstrap resamples"
+    )
     stages = list(runs[0][scales[0]])
     figures = []
     for k in scales:

@@ -94,10 +94,10 @@ def main(argv: list[str] | None = None) -> dict:
 def run(quick: bool = False, repeats: int = 3) -> list[dict]:
     """The suite's figures (``benchmarks/suite.py``): each run measured ``repeats`` times.
 
-    Full: 20,000 tiles, 2 workers; quick: 1,000 tiles. The tiles are written once; each repeat
+    Full: 20,000 tiles, 2 workers; quick: 400 tiles. The tiles are written once; each repeat
     starts from an empty parquet cache. Ratios come from the same repeat's runs.
     """
-    n, w = (1000, 2) if quick else (20_000, 2)
+    n, w = (400, 2) if quick else (20_000, 2)
     with tempfile.TemporaryDirectory(prefix="qc_bench_") as tmp:
         paths = make_tiles(Path(tmp), n=n, size=64)
         reps = []
