@@ -75,6 +75,20 @@ def register(root: str) -> dict:
     hashes = dvc.lock_hashes(base)
     tags = {"git_commit": commit}
     tags.update({f"dvc.md5.{path}": md5 for path, md5 in hashes.items()})
+    same = registry.registered_version_with(base, params, tags)
+    if same is not None:  # e.g. a scheduled run with no new data: no duplicate version
+        reason = f"unchanged: dvc.lock hashes equal those of v{same}; nothing registered"
+        print(f"histoflow v{same}: {reason}")
+        return {
+            "version": same,
+            "promoted": False,
+            "unchanged": True,
+            "reason": reason,
+            "checks": {},
+            "metric": params.registry.metric,
+            "challenger_value": metrics.get(params.registry.metric),
+            "champion_value": None,
+        }
     card = registry.render_model_card(
         evaluation,
         params,
@@ -124,6 +138,7 @@ def register(root: str) -> dict:
     return {
         "version": version,
         "promoted": decision.promoted,
+        "unchanged": False,
         "reason": decision.reason,
         "checks": decision.checks,
         "metric": decision.metric,

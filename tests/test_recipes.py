@@ -12,6 +12,7 @@ from conftest import REPO, dvc
 from histoflow.config import ConfigError, load_params
 from histoflow.dvc import ran_stages
 from histoflow.recipes import apply_recipe, default_params, resolve_recipe
+from histoflow.registry.mlflow_registry import use_tracking_uri
 
 
 def test_repository_params_are_the_defaults():
@@ -91,7 +92,7 @@ def test_dvc_exp_run_sweep_point_is_recorded_in_mlflow(tmp_path, reproduced_proj
 
     assert ran_stages(out) == ["train_fusion", "evaluate"]
     assert yaml.safe_load((root / "params.yaml").read_text())["train_fusion"]["lr"] == 0.005
-    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    use_tracking_uri(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
     runs = mlflow.search_runs(
         experiment_names=["histoflow"], filter_string="tags.`dvc.exp_name` = 'lr-sweep-1'"
     )

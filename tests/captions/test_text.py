@@ -50,7 +50,9 @@ def test_bundled_encoder_gives_real_sentence_embeddings():
 def test_a_caption_embeds_the_same_alone_or_in_any_batch(precision):
     """Fixed-shape forward passes: under bf16 too, other captions in a batch change nothing."""
     encoder = TextEncoder(max_tokens=24, precision=precision)
-    texts = [f"{'densely cellular ' * (i % 4)}tissue {i} with pleomorphic nuclei" for i in range(40)]
+    texts = [
+        f"{'densely cellular ' * (i % 4)}tissue {i} with pleomorphic nuclei" for i in range(40)
+    ]
     together = encoder.encode(texts)
     for i in (0, 1, 33):
         alone = encoder.encode([texts[i]])
@@ -65,7 +67,9 @@ def test_bf16_text_embeddings_match_fp32_closely():
     fp32 = TextEncoder(max_tokens=24, precision="32")
     bf16 = TextEncoder(max_tokens=24, precision="bf16")
     assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
-    cos = torch.nn.functional.cosine_similarity(fp32.encode(texts).pooled, bf16.encode(texts).pooled)
+    cos = torch.nn.functional.cosine_similarity(
+        fp32.encode(texts).pooled, bf16.encode(texts).pooled
+    )
     assert cos.min() > 0.999, cos
 
 

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import shutil
 
-import mlflow
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import load_flow_module
 from histoflow.registry import tracking_uri
+from histoflow.registry.mlflow_registry import use_tracking_uri
 
 
 def _client(root) -> MlflowClient:
-    mlflow.set_tracking_uri(tracking_uri(root))
+    use_tracking_uri(tracking_uri(root))
     return MlflowClient()
 
 
@@ -50,6 +50,20 @@ def test_worse_model_does_not_take_champion(tmp_path, trained_project, prefect_h
     assert str(client.get_model_version_by_alias("histoflow", "champion").version) == "1"
     assert str(client.get_model_version_by_alias("histoflow", "challenger").version) == "2"
     assert "does not beat" in client.get_model_version("histoflow", "2").tags["promotion.reason"]
+
+
+def test_rerun_with_nothing_changed_registers_no_duplicate(
+    tmp_path, trained_project, prefect_harness
+):
+    root = tmp_path / "project"
+    shutil.copytree(trained_project, root, symlinks=True)
+    result = load_flow_module("training").training(root=str(root))
+
+    assert result["unchanged"] is True and result["version"] == "1", result
+    assert "dvc.lock hashes equal those of v1" in result["reason"]
+    client = _client(root)
+    assert [str(v.version) for v in client.search_model_versions("name = 'histoflow'")] == ["1"]
+    assert str(client.get_model_version_by_alias("histoflow", "champion").version) == "1"
 
 
 def test_bad_params_fail_before_any_stage_runs(tmp_path, trained_project, prefect_harness):

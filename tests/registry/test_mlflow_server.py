@@ -30,6 +30,7 @@ from histoflow.registry import (
     rollback,
     status,
 )
+from histoflow.registry.mlflow_registry import use_tracking_uri
 from servers import Server, free_port
 
 pytestmark = pytest.mark.slow
@@ -278,7 +279,7 @@ def test_registration_with_the_server_down_fails_clearly_and_registers_nothing(
         and "No usable version was registered" in message
     )
     # Read the server's own database: no new version, half-registered or otherwise.
-    mlflow.set_tracking_uri(f"sqlite:///{mlflow_server['db']}")
+    use_tracking_uri(f"sqlite:///{mlflow_server['db']}")
     versions = MlflowClient().search_model_versions(f"name = '{NAME}'")
     assert len(versions) == count
     assert all(v.tags.get("registration", "complete") == "complete" for v in versions)

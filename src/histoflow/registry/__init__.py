@@ -9,6 +9,7 @@ from histoflow.registry.mlflow_registry import (
     load_model,
     log_and_register,
     log_monitoring,
+    registered_version_with,
     tracking_uri,
 )
 from histoflow.registry.model_card import render_model_card
@@ -38,6 +39,7 @@ __all__ = [
     "log_monitoring",
     "promote",
     "promote_by_hand",
+    "registered_version_with",
     "render_model_card",
     "rollback",
     "status",

@@ -57,10 +57,26 @@ def tracking_uri(root: Path) -> str:
     )
 
 
+def use_tracking_uri(uri: str) -> None:
+    """Point this process's MLflow client at ``uri``, leaving the environment as it was.
+
+    ``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI``. Left there, the first
+    project's store would silently become every later project's in the same process (a Prefect
+    worker serving several projects) and in every child process it starts; only a URI the user
+    set belongs in the environment.
+    """
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def configure_tracking(root: Path, experiment: str) -> str:
     """Point MLflow at the tracking store and make sure ``experiment`` exists; returns its id."""
     uri = tracking_uri(root)
-    mlflow.set_tracking_uri(uri)
+    use_tracking_uri(uri)
     # histoflow retries whole operations itself (registry.retries); MLflow's own per-request
     # retries (7, exponential) would turn a dead server into minutes of silence per call.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -219,6 +235,32 @@ def _log_and_register_once(
     return version
 
 
+def registered_version_with(root: Path, params: Params, tags: dict[str, str]) -> str | None:
+    """The newest complete version whose run recorded exactly these ``dvc.md5.*`` tags.
+
+    Equal ``dvc.lock`` hashes (every stage's inputs and outputs) mean the same data, model and
+    evaluation: registering again would only add a duplicate version. None when there is no
+    such version, or the registry cannot be read (registration then reports the problem).
+    """
+    wanted = {k: v for k, v in tags.items() if k.startswith("dvc.md5.")}
+    if not wanted:
+        return None
+    name = params.registry.model_name
+    try:
+        configure_tracking(root, params.registry.experiment)
+        client = MlflowClient()
+        versions = client.search_model_versions(f"name = '{name}'")
+        for mv in sorted(versions, key=lambda v: int(v.version), reverse=True):
+            if mv.tags.get(REGISTRATION, "complete") != "complete" or not mv.run_id:
+                continue
+            run_tags = client.get_run(mv.run_id).data.tags
+            if {k: v for k, v in run_tags.items() if k.startswith("dvc.md5.")} == wanted:
+                return str(mv.version)
+    except (MlflowException, OSError):
+        return None
+    return None
+
+
 def _undo(client: MlflowClient, name: str, version: str | None) -> None:
     """Best effort after a failed registration: no version left behind, the run marked FAILED.
 
@@ -267,7 +309,7 @@ def log_monitoring(root: Path, experiment: str, summary: dict, out_dir: Path) ->
 
 def load_model(uri: str, root: Path):
     """Load a registered pyfunc; a clear error when it does not exist."""
-    mlflow.set_tracking_uri(tracking_uri(root))
+    use_tracking_uri(tracking_uri(root))
     try:
         return mlflow.pyfunc.load_model(uri)
     except (MlflowException, OSError) as exc:

@@ -26,12 +26,17 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from histoflow.config import RegistryConfig
-from histoflow.registry.mlflow_registry import CHALLENGER, CHAMPION, REGISTRATION, tracking_uri
+from histoflow.registry.mlflow_registry import (
+    CHALLENGER,
+    CHAMPION,
+    REGISTRATION,
+    tracking_uri,
+    use_tracking_uri,
+)
 
 __all__ = [
     "Decision",
@@ -266,7 +271,7 @@ def status(cfg: RegistryConfig, root: Path) -> dict:
 
 
 def _client(root: Path) -> MlflowClient:
-    mlflow.set_tracking_uri(tracking_uri(root))
+    use_tracking_uri(tracking_uri(root))
     return MlflowClient()
 
 
