@@ -120,7 +120,10 @@ def run(quick: bool = False, repeats: int = 3) -> list[dict]:
             "figure": "no-op `histoflow run` (everything cached)",
             "unit": "s",
             "samples": [h for _, h in noop],
-            "notes": "Prefect flow with a temporary local server, MLflow logging and registration",
+            "notes": (
+                "Prefect flow with a temporary local server; 7 DVC stage tasks; "
+                "the model is unchanged, so nothing is registered"
+            ),
         },
         {
             "figure": "Prefect + MLflow overhead over plain `dvc repro`",
