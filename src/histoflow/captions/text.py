@@ -85,17 +85,15 @@ class TextEncoder:
         self.dim = int(self.model.config.hidden_size)
 
     @torch.inference_mode()
-    def encode(self, texts: list[str], batch_size: int = 64) -> TextEmbeddings:
+    def encode(self, texts: list[str]) -> TextEmbeddings:
         """Embed ``texts``: token embeddings zero-padded to ``max_tokens``, so they stack.
 
         Every forward pass has the same shape (``_ROWS`` texts, padded with empty ones, of
         ``max_tokens`` tokens): under bf16 the kernels' rounding depends on the shape, and a
         fixed one makes a caption's embedding the same whatever else is in its batch.
-        ``batch_size`` is accepted for the callers' chunking and does not change the result.
         """
         from histoflow.device import autocast
 
-        del batch_size
         tokens, masks, pooled = [], [], []
         for start in range(0, len(texts), _ROWS):
             chunk = list(texts[start : start + _ROWS])

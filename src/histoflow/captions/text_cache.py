@@ -30,7 +30,7 @@ def encode_cached(
         texts: captions, possibly repeated.
         cache: SQLite file (created if missing).
         fingerprint: identifies the encoder's weights; part of every key.
-        batch_size: texts per forward pass and per committed transaction.
+        batch_size: texts per committed transaction (the encoder batches on its own).
 
     Returns:
         The embeddings in the order of ``texts``, and how many distinct texts were computed.
@@ -45,7 +45,7 @@ def encode_cached(
         todo = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in found}.items())
         for s in range(0, len(todo), batch_size):
             batch = todo[s : s + batch_size]
-            emb = encoder.encode([t for _, t in batch], batch_size=batch_size)
+            emb = encoder.encode([t for _, t in batch])
             rows = [
                 (k, _blob(emb.tokens[i].half()), _blob(emb.mask[i]), _blob(emb.pooled[i].half()))
                 for i, (k, _) in enumerate(batch)
