@@ -81,10 +81,7 @@ def test_shipped_recipes_resolve():
         resolve_recipe(recipe)
 
 
-def test_dvc_exp_run_sweep_point_is_recorded_in_mlflow(tmp_path, reproduced_project, monkeypatch):
-    # mlflow.set_tracking_uri (earlier tests) also exports MLFLOW_TRACKING_URI, which the stage
-    # would rightly obey; this test wants the project's own store.
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def test_dvc_exp_run_sweep_point_is_recorded_in_mlflow(tmp_path, reproduced_project):
     root = tmp_path / "project"
     shutil.copytree(reproduced_project, root, symlinks=True)
 
