@@ -36,7 +36,7 @@ from histoflow.data.synthetic import generate
 from histoflow.device import autocast, pick_device, use_bf16
 from histoflow.io import write_json
 from histoflow.models.encoder import create_encoder
-from histoflow.models.lightning import warmup_cosine
+from histoflow.models.lightning import adamw, warmup_cosine
 from histoflow.stages.train_encoder import build_module, build_trainer, train_loader
 
 __all__ = ["run"]
@@ -128,7 +128,7 @@ def _bare_epoch(p, loader, num_classes, device, bf16, max_steps: int | None = No
     encoder = create_encoder(p.backbone)
     model = torch.nn.Sequential(encoder, torch.nn.Linear(encoder.num_features, num_classes))
     model.to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    opt = adamw(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)  # as the stage
     total = len(loader)
     warmup = round(p.warmup_epochs * total)
     sched = torch.optim.lr_scheduler.LambdaLR(

@@ -184,3 +184,33 @@ def test_history_rows_survive_a_checkpoint():
     restored = History()
     restored.load_state_dict(history.state_dict())
     assert restored.rows == history.rows
+
+
+class _GradNorms(L.Callback):
+    """The total gradient norm each optimiser step used: read after the step, before the next
+    step's zero_grad (callbacks' on_before_optimizer_step runs before the module's)."""
+
+    def __init__(self):
+        self.norms: list[float] = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        self.norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+
+
+@pytest.mark.parametrize("grad_clip", [None, 1e-3])
+def test_fused_adamw_with_clipping_by_the_module(grad_clip):
+    # Lightning refuses to clip for a fused optimiser, so the module clips: the optimiser sees
+    # gradients of norm <= grad_clip; without clipping, the norms are far larger.
+    torch.manual_seed(0)
+    module = EncoderClassifier(
+        create_encoder("test_resnet"), 3, lr=0.01, weight_decay=0.0, epochs=1, grad_clip=grad_clip
+    )
+    norms = _GradNorms()
+    trainer = _fit(module, callbacks=[norms])
+    assert trainer.optimizers[0].defaults["fused"] is True
+    assert len(norms.norms) == 2
+    if grad_clip is None:
+        assert min(norms.norms) > 0.01
+    else:
+        assert max(norms.norms) <= grad_clip * 1.001

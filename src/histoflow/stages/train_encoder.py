@@ -49,6 +49,7 @@ __all__ = [
 
 PARAMS = ("data.image_size", "train_encoder")
 _MONITOR = "val_macro_recall"
+_SHARDED = ("fsdp", "deepspeed")  # strategies whose gradient clipping must go through the Trainer
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,7 @@ def build_module(
         label_smoothing=p.label_smoothing,
         class_weights=weights,
         sample_names=sample_names,
+        grad_clip=None if p.strategy in _SHARDED else p.grad_clip,
     )
 
 
@@ -217,7 +219,8 @@ def build_trainer(
         "num_nodes": p.num_nodes,
         "strategy": p.strategy,
         "precision": "bf16-mixed" if bf16 else "32-true",
-        "gradient_clip_val": p.grad_clip,
+        # Sharded strategies clip through the Trainer; elsewhere the module does (fused AdamW).
+        "gradient_clip_val": p.grad_clip if p.strategy in _SHARDED else None,
         "callbacks": callbacks,
         "logger": logger or False,
         "plugins": [_AtomicCheckpointIO()],
