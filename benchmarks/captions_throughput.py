@@ -37,7 +37,7 @@ from _machine import machine_info  # benchmarks/ is on sys.path when run as a sc
 from histoflow.captions.morphology import MorphologyCaptioner
 from histoflow.captions.text import TextEncoder
 from histoflow.config import load_params
-from histoflow.data.dataset import load_rgb
+from histoflow.data.images import load_rgb
 from histoflow.data.synthetic import generate
 from histoflow.io import write_json
 from histoflow.stages import captions as stage

@@ -21,7 +21,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from histoflow.config import load_params
-from histoflow.data.dataset import load_rgb
+from histoflow.data.images import load_rgb
 from histoflow.data.qc import DRIFT_FEATURES, feature_table
 from histoflow.data.sources import read_source
 from histoflow.io import atomic_path, write_json

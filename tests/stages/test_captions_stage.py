@@ -20,7 +20,7 @@ import pytest
 
 from histoflow.captions import cache as cache_module
 from histoflow.captions.morphology import MorphologyCaptioner
-from histoflow.data.dataset import load_rgb
+from histoflow.data.images import load_rgb
 from histoflow.stages import captions as stage
 
 # Run in a subprocess: the stage with a captioner slowed to 0.1 s per image, so the test can

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from histoflow.data.dataset import load_rgb
+from histoflow.data.images import load_rgb
 from histoflow.io import atomic_path
 
 __all__ = ["THUMBNAIL_PX", "write_gallery"]

@@ -6,36 +6,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from histoflow.config import AugmentConfig
 from histoflow.data.augment import CropToForeground, train_augmentations
+from histoflow.data.images import load_rgb
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "TileDataset", "create_transform", "load_rgb", "to_rgb"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "TileDataset", "create_transform"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def load_rgb(path: str | Path) -> Image.Image:
-    """Open an image as RGB (greyscale and RGBA are converted), fully decoded."""
-    with Image.open(path) as img:
-        img.load()
-        return to_rgb(img)
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL image (greyscale, RGBA, 16-bit) to 8-bit RGB."""
-    if img.mode in ("I;16", "I", "F"):  # 16-bit or float radiology images: rescale to 8 bit
-        import numpy as np
-
-        arr = np.asarray(img, dtype=np.float32)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) / (hi - lo or 1.0) * 255.0
-        img = Image.fromarray(arr.astype("uint8"))
-    return img.convert("RGB")
 
 
 def create_transform(

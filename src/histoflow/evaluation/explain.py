@@ -24,7 +24,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 from torchvision.transforms import v2
 
-from histoflow.data.dataset import load_rgb
+from histoflow.data.images import load_rgb
 from histoflow.io import atomic_path
 from histoflow.models.encoder import encode_images
 

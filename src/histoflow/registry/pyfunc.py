@@ -20,7 +20,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 from PIL import Image
 
-from histoflow.data.dataset import to_rgb
+from histoflow.data.images import to_rgb
 
 __all__ = ["MODEL_CODE", "HistoflowModel", "encode_image_file", "model_signature"]
 

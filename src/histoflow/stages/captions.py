@@ -27,7 +27,7 @@ from histoflow.captions import create_captioner
 from histoflow.captions.cache import CacheKey, CaptionCache, key_for
 from histoflow.captions.gallery import write_gallery
 from histoflow.config import CaptionsConfig, Params
-from histoflow.data.dataset import load_rgb
+from histoflow.data.images import load_rgb
 from histoflow.io import atomic_path
 from histoflow.stages._tables import VALIDATED_MANIFEST, read_manifest
 
