@@ -1,4 +1,6 @@
-"""Bounded-memory storage for ``embed``: a streamed safetensors file and an image-embedding cache.
+"""Bounded-memory storage for ``embed``: a streamed safetensors file and an image-embedding cache;
+:func:`load_features` reads ``embed``'s output back (for ``train_fusion``, ``evaluate`` and
+``reference``, which then need not import the image models).
 
 - :class:`SafetensorsStream` writes the safetensors header first (all shapes are known),
   then each tensor's rows at their offsets with positional writes, batch by batch: the file
@@ -16,10 +18,18 @@ import os
 import sqlite3
 import struct
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+from safetensors import safe_open
 
-__all__ = ["ImageEmbeddingCache", "SafetensorsStream"]
+from histoflow.stages._tables import read_manifest
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+
+__all__ = ["ImageEmbeddingCache", "SafetensorsStream", "load_features"]
 
 _DTYPES = {np.dtype(np.float16): "F16", np.dtype(np.float32): "F32", np.dtype(np.bool_): "BOOL"}
 _SCHEMA = """CREATE TABLE IF NOT EXISTS image_embeddings (
@@ -170,3 +180,14 @@ class ImageEmbeddingCache:
                 "INSERT OR REPLACE INTO image_embedding_shapes VALUES (?, ?)",
                 (self.encoder, json.dumps([list(pooled), list(tokens)])),
             )
+
+
+def load_features(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], pd.DataFrame]:
+    """The cached tensors, their metadata, and the index table of an ``embed`` output folder."""
+    path = Path(folder) / "features.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run `histoflow stage embed` first")
+    with safe_open(path, framework="pt") as fh:
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+        meta = fh.metadata()
+    return tensors, meta, read_manifest(Path(folder) / "index.csv")

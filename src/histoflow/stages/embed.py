@@ -9,8 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from safetensors import safe_open
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -24,7 +22,7 @@ from histoflow.models.checkpoint import model_fingerprint
 from histoflow.stages._feature_store import ImageEmbeddingCache, SafetensorsStream
 from histoflow.stages._tables import VALIDATED_MANIFEST, read_manifest
 
-__all__ = ["PARAMS", "Inputs", "Outputs", "load_features", "run"]
+__all__ = ["PARAMS", "Inputs", "Outputs", "run"]
 
 # captions: the captioner is recorded with the features so inference captions the same way.
 PARAMS = ("captions", "embed")
@@ -171,14 +169,3 @@ def _image_hashes(root: Path, manifest: pd.DataFrame) -> list[str]:
     if "sha256" in manifest.columns and manifest["sha256"].notna().all():
         return manifest["sha256"].astype(str).tolist()
     return [hashlib.sha256((Path(root) / p).read_bytes()).hexdigest() for p in manifest["path"]]
-
-
-def load_features(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], pd.DataFrame]:
-    """The cached tensors, their metadata, and the index table of an ``embed`` output folder."""
-    path = Path(folder) / "features.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run `histoflow stage embed` first")
-    with safe_open(path, framework="pt") as fh:
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-        meta = fh.metadata()
-    return tensors, meta, read_manifest(Path(folder) / "index.csv")

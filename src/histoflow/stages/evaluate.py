@@ -30,7 +30,7 @@ from histoflow.evaluation.report import write_report
 from histoflow.inference import ImageEmbedder, fuse
 from histoflow.io import atomic_dir, atomic_path, write_json
 from histoflow.models.ablations import load_classifier
-from histoflow.stages.embed import load_features
+from histoflow.stages._feature_store import load_features
 from histoflow.stages.train_fusion import fusion_config
 
 __all__ = ["PARAMS", "Inputs", "Outputs", "run"]

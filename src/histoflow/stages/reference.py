@@ -27,7 +27,7 @@ from safetensors.numpy import save_file
 from histoflow.config import Params
 from histoflow.data.qc import DRIFT_FEATURES
 from histoflow.io import atomic_dir, write_json
-from histoflow.stages.embed import load_features
+from histoflow.stages._feature_store import load_features
 
 __all__ = ["PARAMS", "Inputs", "Outputs", "run"]
 

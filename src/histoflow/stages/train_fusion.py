@@ -21,8 +21,8 @@ from histoflow.models.ablations import create_classifier
 from histoflow.models.checkpoint import save_model
 from histoflow.models.fit import feature_dataset, fit_classifier
 from histoflow.models.fusion import FusionConfig
+from histoflow.stages._feature_store import load_features
 from histoflow.stages._tables import class_names
-from histoflow.stages.embed import load_features
 
 __all__ = ["PARAMS", "Inputs", "Outputs", "fusion_config", "run"]
 
