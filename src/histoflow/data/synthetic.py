@@ -15,7 +15,10 @@ from __future__ import annotations
 import csv
 import functools
 import math
+import multiprocessing
+import os
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +45,7 @@ _SHIFT_H = (0.76, 0.62, 0.18)
 _SHIFT_E = (0.00, 0.92, 0.18)
 _PNG_COMPRESS = 6
 _TQDM_MIN_TILES = 2000
+_PARALLEL_MIN_TILES = 2000  # below this, starting worker processes costs more than it saves
 
 
 @dataclass(frozen=True)
@@ -463,6 +467,18 @@ def _patients(classes: int, per_class: int, seed: int, shift: float) -> list[tup
     return table
 
 
+def _write_tile(folder, names, patients, patients_per_class, seed, size, job) -> tuple:
+    """Draw tile ``job`` = (class index, tile index) into ``folder``; its manifest row."""
+    c, t = job
+    patient = c * patients_per_class + t % patients_per_class
+    rng = np.random.default_rng([seed, 1, c, t])
+    site, stain = patients[patient]
+    rgb, magnification = _tile(names[c], rng, size, stain)
+    rel = f"{names[c]}/{names[c]}_{t:05d}.png"
+    Image.fromarray(rgb, "RGB").save(folder / rel, format="PNG", compress_level=_PNG_COMPRESS)
+    return (rel, names[c], f"P{patient:03d}", site, magnification)
+
+
 def generate(
     out: str | Path,
     *,
@@ -518,18 +534,21 @@ def generate(
     names = CLASS_NAMES[:classes]
     patients = _patients(classes, patients_per_class, seed, float(stain_shift))
     jobs = [(c, t) for c in range(classes) for t in range(per_class)]
-    rows = []
     with atomic_dir(out) as tmp:
         for name in names:
             (tmp / name).mkdir()
-        for c, t in tqdm(jobs, desc="synthetic tiles", disable=len(jobs) <= _TQDM_MIN_TILES):
-            patient = c * patients_per_class + t % patients_per_class
-            rng = np.random.default_rng([seed, 1, c, t])
-            site, stain = patients[patient]
-            rgb, magnification = _tile(names[c], rng, size, stain)
-            rel = f"{names[c]}/{names[c]}_{t:05d}.png"
-            Image.fromarray(rgb, "RGB").save(tmp / rel, format="PNG", compress_level=_PNG_COMPRESS)
-            rows.append((rel, names[c], f"P{patient:03d}", site, magnification))
+        draw = functools.partial(_write_tile, tmp, names, patients, patients_per_class, seed, size)
+        bar = {
+            "desc": "synthetic tiles",
+            "total": len(jobs),
+            "disable": len(jobs) <= _TQDM_MIN_TILES,
+        }
+        if len(jobs) < _PARALLEL_MIN_TILES or (os.cpu_count() or 1) < 2:
+            rows = [draw(job) for job in tqdm(jobs, **bar)]
+        else:  # tiles are independent and seeded by their index: the same bytes either way
+            ctx = multiprocessing.get_context("forkserver")
+            with ProcessPoolExecutor(min(os.cpu_count(), 8), mp_context=ctx) as pool:
+                rows = list(tqdm(pool.map(draw, jobs, chunksize=64), **bar))
         rows.sort()
         with open(tmp / "manifest.csv", "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f, lineterminator="\n")
