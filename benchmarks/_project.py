@@ -41,7 +41,7 @@ __all__ = [
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the environment's `histoflow` and `dvc`
-_SAMPLE_EVERY_S = 0.05
+_SAMPLE_EVERY_S = 0.1  # each sample walks /proc, on the cores the measured command uses
 
 # Quick mode: the test suite's tiny dataset and params (histoflow.tiny).
 QUICK_DATA = {k: TINY_DATA[k] for k in ("classes", "per_class", "size")}
@@ -55,7 +55,7 @@ class Measurement:
     ``peak_rss_mib`` is the largest resident set of any single process of the command's tree
     (exact: the kernel's high-water mark, returned by ``wait4`` for the child and every
     descendant it waited for); ``tree_peak_mib`` the largest sum of RSS over the live tree,
-    sampled every 50 ms (an upper bound: shared pages count in every process).
+    sampled every 100 ms (an upper bound: shared pages count in every process).
     """
 
     seconds: float
@@ -128,9 +128,12 @@ class _TreeSampler(threading.Thread):
         self._done = threading.Event()
 
     def run(self) -> None:
+        try:
+            root = psutil.Process(self._pid)
+        except psutil.Error:  # exited already
+            return
         while not self._done.wait(_SAMPLE_EVERY_S):
             try:
-                root = psutil.Process(self._pid)
                 procs = [root, *root.children(recursive=True)]
             except psutil.Error:  # exited meanwhile
                 continue

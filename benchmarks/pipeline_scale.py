@@ -12,7 +12,8 @@ keeps earlier tiles when the count grows). Each project runs every ``dvc.yaml`` 
 
 Bench-specific choices keep the 16x run to minutes on 2 cores: 32 px tiles instead of 64
 (``data.image_size: 32``), encoder 1 epoch, fusion 3 epochs without the ablation models,
-200 bootstrap resamples (``SCALE_PARAMS``); the other params are the repository's. Time
+200 bootstrap resamples, no cross-group protocol or Grad-CAM panels (``SCALE_PARAMS``); the
+other params are the repository's. Time
 growth is measured with fixed epoch counts, so it is the growth of the work per epoch. Figures: per size, each stage's time and peak memory; and, from the
 same sweep, growth ratios 16x / 1x (linear time growth is 16x; flat memory is 1x). One sweep
 is minutes, so the full mode sweeps once. ``--quick`` is a smoke run of the same code: the tiny
@@ -51,7 +52,9 @@ SCALE_PARAMS = {
     "data": {"image_size": 32},
     "train_encoder": {"epochs": 1},
     "train_fusion": {"epochs": 3, "patience": 3, "ablations": []},
-    "evaluate": {"bootstrap": 200},
+    # Without evaluate's optional extras: the cross-group protocol (another fusion training)
+    # and the Grad-CAM panels (a fixed number of tiles per class).
+    "evaluate": {"bootstrap": 200, "cross_group": None, "explain_per_class": 0},
 }
 FLAT_MEMORY_STAGES = ("validate", "captions", "embed")  # target: memory flat in dataset size
 _FULL_SWEEPS = 1
@@ -84,7 +87,8 @@ def run(quick: bool = False, repeats: int = 3) -> list[dict]:
     what = (
         "tiny test params"
         if quick
-        else "32 px tiles, encoder 1 epoch, fusion 3 epochs (no ablations), 200 bootstrap resamples"
+        else "32 px tiles, encoder 1 epoch, fusion 3 epochs (no ablations), 200 bootstrap "
+        "resamples, no cross-group protocol or Grad-CAM panels"
     )
     stages = list(runs[0][scales[0]])
     figures = []
