@@ -30,8 +30,8 @@ demo: install
 	echo "== monitoring two new batches: one like the training data, one from a differently stained site"; \
 	histoflow data synth --out monitoring/inbox/demo_in_distribution --seed 101 --per-class 20 --overwrite; \
 	histoflow data synth --out monitoring/inbox/demo_stain_shift --seed 102 --per-class 20 --stain-shift 1.0 --overwrite; \
-	histoflow monitor monitoring/inbox/demo_in_distribution > /dev/null; \
-	histoflow monitor monitoring/inbox/demo_stain_shift > /dev/null; \
+	rm -rf monitoring/reports/demo_in_distribution monitoring/reports/demo_stain_shift; \
+	histoflow monitor --inbox > /dev/null; \
 	echo; echo "== done in $$(( $$(date +%s) - start )) s (after installation)"; \
 	echo "validation:     reports/validation/report.html"; \
 	echo "captions:       reports/captions/gallery.html"; \

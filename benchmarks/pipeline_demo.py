@@ -12,8 +12,8 @@ installation, one command at a time so each is timed with its peak memory:
    the training flow runs);
 2. ``histoflow run``: the training flow, whose stages DVC now skips, so this is Prefect plus
    MLflow logging, registration and promotion;
-3. two new batches (``histoflow data synth``, 20 tiles per class; one stain-shifted) and
-   ``histoflow monitor`` on each.
+3. two new batches (``histoflow data synth``, 20 tiles per class; one stain-shifted) in the
+   monitoring inbox and ``histoflow monitor --inbox``, which reports on both.
 
 Then, in the same project with everything cached, ``dvc repro`` and ``histoflow run``
 alternately ``repeats`` times: the no-op wall times and their difference, the overhead of
@@ -87,7 +87,7 @@ def run(quick: bool = False, repeats: int = 3) -> list[dict]:
             "figure": "make demo pipeline, peak memory (process tree)",
             "unit": "MiB",
             "samples": [max(m.tree_peak_mib for m in steps.values())],
-            "notes": "sum over a step's processes, sampled every 50 ms",
+            "notes": "sum over a step's processes, sampled every 100 ms",
         },
     ]
     figures += [
@@ -152,7 +152,7 @@ def _demo(project: Path, batch: dict, batches: tuple) -> dict[str, Measurement]:
                 *("--classes", str(batch["classes"]), "--stain-shift", str(shift)),
             )
         )
-        monitor.append(_histoflow(project, "monitor", out))
+    monitor.append(_histoflow(project, "monitor", "--inbox"))  # every new batch, one command
     steps["monitor new batches"] = combined(monitor)
     return steps
 
