@@ -56,6 +56,15 @@ def dvc_stage(stage: str, root: str, force: bool = False) -> str:
 
 
 @task(cache_policy=NO_CACHE)
+def dvc_status(root: str) -> bool:
+    """True when ``dvc status`` finds nothing changed: every stage would be skipped."""
+    changes = dvc.changed(Path(root))
+    if changes:
+        get_run_logger().info(f"dvc status: changed {', '.join(sorted(changes))}")
+    return changes == {}
+
+
+@task(cache_policy=NO_CACHE)
 def register(root: str) -> dict:
     """Log the run to MLflow, register the model as challenger, promote it if the rules allow.
 
@@ -192,8 +201,14 @@ def training(root: str = ".", force: bool = False) -> dict:
     _ensure_concurrency_limit(deploy.training_concurrency)
     # Waits (does not fail) while another training run holds the slot.
     with concurrency(CONCURRENCY_LIMIT, occupy=1, strict=True):
-        for stage in dvc.stage_order(Path(root)):
-            stage_task.with_options(name=stage)(stage, root, force)
+        # Nothing changed (a scheduled run without new data): one `dvc status` instead of a
+        # `dvc repro` per stage. Otherwise every stage runs in order and DVC skips the fresh
+        # ones (a stage can go stale only once an upstream stage has run).
+        if force or not dvc_status(root):
+            for stage in dvc.stage_order(Path(root)):
+                stage_task.with_options(name=stage)(stage, root, force)
+        else:
+            get_run_logger().info("dvc status: every stage up to date, none run")
         return register(root)
 
 

@@ -5,6 +5,7 @@ Only this module shells out to ``dvc``.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
-__all__ = ["DvcError", "lock_hashes", "ran_stages", "repro", "stage_order"]
+__all__ = ["DvcError", "changed", "lock_hashes", "ran_stages", "repro", "stage_order"]
 
 
 class DvcError(RuntimeError):
@@ -89,6 +90,29 @@ def repro(stage: str, root: Path, *, force: bool = False, echo: bool = True) -> 
             f"`dvc {' '.join(cmd[1:])}` failed (exit {proc.returncode}) in {root}:\n{tail}"
         )
     return output
+
+
+def changed(root: Path) -> dict | None:
+    """What ``dvc status`` finds changed in ``root`` (``{}``: ``dvc repro`` would run nothing).
+
+    One DVC process for the whole pipeline, where asking stage by stage costs one each. None
+    when ``dvc status`` itself fails: the caller then runs the stages and DVC reports why.
+    """
+    proc = subprocess.run(
+        [_dvc(), "status", "--json"],
+        cwd=root,
+        env={**os.environ, "DVC_NO_ANALYTICS": "1"},
+        capture_output=True,
+        text=True,
+        errors="replace",
+        check=False,
+    )
+    if proc.returncode:
+        return None
+    try:
+        return json.loads(proc.stdout or "{}")
+    except json.JSONDecodeError:
+        return None
 
 
 def ran_stages(output: str) -> list[str]:

@@ -9,6 +9,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import load_flow_module
+from histoflow import dvc
 from histoflow.registry import tracking_uri
 from histoflow.registry.mlflow_registry import use_tracking_uri
 
@@ -16,6 +17,15 @@ from histoflow.registry.mlflow_registry import use_tracking_uri
 def _client(root) -> MlflowClient:
     use_tracking_uri(tracking_uri(root))
     return MlflowClient()
+
+
+def _spy_repro(monkeypatch) -> list[str]:
+    """The stages the flow asks DVC to reproduce (the real `dvc repro` still runs)."""
+    calls, real = [], dvc.repro
+    monkeypatch.setattr(
+        dvc, "repro", lambda stage, *a, **k: calls.append(stage) or real(stage, *a, **k)
+    )
+    return calls
 
 
 def test_first_run_registers_champion(trained_project):
@@ -34,7 +44,9 @@ def test_first_run_registers_champion(trained_project):
     assert (trained_project / "mlruns" / "mlflow.db").is_file()
 
 
-def test_worse_model_does_not_take_champion(tmp_path, trained_project, prefect_harness):
+def test_worse_model_does_not_take_champion(
+    tmp_path, trained_project, prefect_harness, monkeypatch
+):
     root = tmp_path / "project"
     shutil.copytree(trained_project, root, symlinks=True)
     # The copied SQLite store records absolute artifact paths of the original; that is fine:
@@ -42,8 +54,10 @@ def test_worse_model_does_not_take_champion(tmp_path, trained_project, prefect_h
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["train_fusion"].update(lr=0.0, epochs=1, patience=1)  # an untrained fusion model
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    stages = _spy_repro(monkeypatch)
     result = load_flow_module("training").training(root=str(root))
 
+    assert stages == dvc.stage_order(root)  # dvc status saw the change: every stage asked
     assert result["version"] == "2" and result["promoted"] is False
     assert result["challenger_value"] < result["champion_value"]
     client = _client(root)
@@ -53,12 +67,14 @@ def test_worse_model_does_not_take_champion(tmp_path, trained_project, prefect_h
 
 
 def test_rerun_with_nothing_changed_registers_no_duplicate(
-    tmp_path, trained_project, prefect_harness
+    tmp_path, trained_project, prefect_harness, monkeypatch
 ):
     root = tmp_path / "project"
     shutil.copytree(trained_project, root, symlinks=True)
+    stages = _spy_repro(monkeypatch)
     result = load_flow_module("training").training(root=str(root))
 
+    assert stages == []  # one `dvc status` found nothing changed: no stage process started
     assert result["unchanged"] is True and result["version"] == "1", result
     assert "dvc.lock hashes equal those of v1" in result["reason"]
     client = _client(root)
