@@ -46,6 +46,13 @@ def test_bundled_encoder_gives_real_sentence_embeddings():
     assert not emb.tokens[~emb.mask].any()  # padding is zeroed
 
 
+def test_captions_longer_than_max_tokens_are_counted():
+    encoder = TextEncoder(max_tokens=8)  # [CLS] + 6 word pieces + [SEP] fit
+    short, long = "empty white fat cells", "densely cellular tissue with large pleomorphic nuclei"
+    assert encoder.n_truncated([short]) == 0
+    assert encoder.n_truncated([short, long, long]) == 2
+
+
 @pytest.mark.parametrize("precision", ["32", "bf16"])
 def test_a_caption_embeds_the_same_alone_or_in_any_batch(precision):
     """Fixed-shape forward passes: under bf16 too, other captions in a batch change nothing."""

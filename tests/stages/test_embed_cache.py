@@ -60,10 +60,16 @@ def _inputs(root, encoder="encoder_a", captions="outputs/captions/captions.csv")
     )
 
 
-def test_streamed_features_equal_a_direct_forward(project, tiny_params, tmp_path):
+def test_streamed_features_equal_a_direct_forward(project, tiny_params, tmp_path, capsys):
     out = Outputs(features=tmp_path / "embed")
     metrics = run(_cfg(tiny_params, num_workers=2, batch_size=20), _inputs(project), out)
     tensors, meta, index = load_features(out.features)
+    # Morphology captions run past the tiny max_text_tokens (32): counted and warned about.
+    # A cut caption fills every token position.
+    filled = tensors["text_mask"].all(1).tolist()
+    full = {c for c, m in zip(index["caption"], filled, strict=True) if m}
+    assert 0 < metrics["n_truncated_captions"] <= len(full)
+    assert "longer than embed.max_text_tokens=32 tokens" in capsys.readouterr().err
     assert metrics["n_new_image_embeddings"] == 48 and len(index) == 48
     assert meta["encoder_sha256"] == model_fingerprint(project / "encoder_a")
     assert all(t.dtype in (torch.float16, torch.bool) for t in tensors.values())

@@ -84,6 +84,11 @@ class TextEncoder:
         self.precision = "bf16" if self.bf16 else "fp32"  # part of cache keys: values differ
         self.dim = int(self.model.config.hidden_size)
 
+    def n_truncated(self, texts: list[str]) -> int:
+        """How many of ``texts`` are longer than ``max_tokens`` (``encode`` cuts their ends)."""
+        ids = self.tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]
+        return sum(len(x) > self.max_tokens for x in ids)
+
     @torch.inference_mode()
     def encode(self, texts: list[str]) -> TextEmbeddings:
         """Embed ``texts``: token embeddings zero-padded to ``max_tokens``, so they stack.

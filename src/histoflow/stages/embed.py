@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,14 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
             precision="bf16" if embedder.bf16 else "32",
         )
         n = len(paths)
+        n_truncated = text_encoder.n_truncated(sorted(set(texts)))
+        if n_truncated:
+            print(
+                f"histoflow: warning: {n_truncated} of {len(set(texts))} distinct captions are "
+                f"longer than embed.max_text_tokens={p.max_text_tokens} tokens; the fusion model "
+                "sees only their beginning (raise embed.max_text_tokens to keep them whole)",
+                file=sys.stderr,
+            )
         (d,), (t, dt) = cache.row_shapes() if n else ((0,), (p.token_grid**2, 0))
         lt, de = text_encoder.max_tokens, text_encoder.dim
         layout = {
@@ -125,6 +134,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         "text_dim": int(de),
         "n_new_image_embeddings": n_new_images,
         "n_new_text_embeddings": n_new_texts,
+        "n_truncated_captions": n_truncated,  # distinct captions cut at max_text_tokens
         "encoder_sha256": encoder_sha,
         "precision": "bf16" if embedder.bf16 else "32",
         "device": embedder.device.type,
