@@ -49,7 +49,7 @@ def test_bundled_encoder_gives_real_sentence_embeddings():
 def test_captions_longer_than_max_tokens_are_counted():
     encoder = TextEncoder(max_tokens=8)  # [CLS] + 6 word pieces + [SEP] fit
     short, long = "empty white fat cells", "densely cellular tissue with large pleomorphic nuclei"
-    assert encoder.n_truncated([short]) == 0
+    assert encoder.n_truncated([]) == encoder.n_truncated([short]) == 0
     assert encoder.n_truncated([short, long, long]) == 2
 
 

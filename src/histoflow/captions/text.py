@@ -86,6 +86,8 @@ class TextEncoder:
 
     def n_truncated(self, texts: list[str]) -> int:
         """How many of ``texts`` are longer than ``max_tokens`` (``encode`` cuts their ends)."""
+        if not texts:
+            return 0
         ids = self.tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]
         return sum(len(x) > self.max_tokens for x in ids)
 
