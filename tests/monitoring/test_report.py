@@ -186,6 +186,38 @@ def test_labels_give_performance(tmp_path):
     assert "accuracy 0.700" in page
 
 
+@pytest.mark.parametrize(
+    ("classes", "reference_classes"),
+    [
+        (CLASSES, CLASSES),  # a batch of two of the four classes, a four-class reference
+        (["benign", "malignant"], ["benign", "malignant"]),  # a two-class model (BreakHis)
+    ],
+)
+def test_two_label_batch_gets_a_performance_section(tmp_path, classes, reference_classes):
+    # Evidently scores two-label data as binary with positive label 1 unless told: this failed
+    # with KeyError: 1 (the batch recorded as failed) before the positive class was named.
+    truth = [classes[0]] * 5 + [classes[1]] * 5
+    predicted = [classes[0]] * 5 + [classes[1]] * 4 + [classes[0]]
+    current = _data(len(truth), seed=5)
+    current = MonitorData(
+        current.features,
+        current.embeddings,
+        current.predictions.assign(predicted=predicted),
+        pd.Series(truth),
+    )
+    reference = _data(40, seed=6)
+    labels = pd.Series(np.resize(reference_classes, 40))
+    reference = MonitorData(
+        reference.features,
+        reference.embeddings,
+        reference.predictions.assign(predicted=labels),
+        labels,
+    )
+    summary = monitoring_report(reference, current, MonitorConfig(), tmp_path, classes=classes)
+    assert summary["performance"]["accuracy"] == pytest.approx(0.9)
+    assert "Performance on the labelled images" in (tmp_path / "drift.html").read_text()
+
+
 def test_all_nan_columns_are_dropped(reference, tmp_path):
     current = _data(200, seed=1)
     # Greyscale images have no stain densities; one other column has a few gaps.

@@ -23,7 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from evidently import DataDefinition, Dataset, MulticlassClassification, Report
+from evidently import (
+    BinaryClassification,
+    DataDefinition,
+    Dataset,
+    MulticlassClassification,
+    Report,
+)
 from evidently.core.metric_types import render_widgets
 from evidently.core.report import Snapshot
 from evidently.legacy.calculations.stattests import StatTest, register_stattest
@@ -335,12 +341,23 @@ def _performance(
         "per_class_recall": {c: _number(r) for c, r in zip(classes, recalls, strict=True)},
         "n": len(cur),
     }
-    definition = DataDefinition(
-        categorical_columns=[_LABEL, _PREDICTED],
-        classification=[MulticlassClassification(target=_LABEL, prediction_labels=_PREDICTED)],
-    )
     # Evidently shows the reference's quality beside the batch's when both are labelled.
     ref = _labelled(reference) if reference.labels is not None else pd.DataFrame()
+    seen = set(cur[_LABEL]) | set(cur[_PREDICTED])
+    ref_seen = set(ref[_LABEL]) | set(ref[_PREDICTED]) if len(ref) else set()
+    if len(seen) == 2:
+        # Evidently scores any data with exactly two labels as binary, with positive label 1
+        # unless told (a KeyError for named classes): a two-class model, or a batch of two of
+        # the classes. The positive class is the later one in the model's order.
+        pos = max(seen, key=lambda c: (classes.index(c) if c in classes else len(classes), c))
+        task = BinaryClassification(target=_LABEL, prediction_labels=_PREDICTED, pos_label=pos)
+        keep_ref = ref_seen <= seen
+    else:
+        task = MulticlassClassification(target=_LABEL, prediction_labels=_PREDICTED)
+        keep_ref = len(ref_seen) != 2  # a two-label reference would be scored as binary
+    if not keep_ref:  # one task definition covers both datasets: the batch's wins
+        ref = pd.DataFrame()
+    definition = DataDefinition(categorical_columns=[_LABEL, _PREDICTED], classification=[task])
     with warnings.catch_warnings():
         # Evidently's precision and recall per class warn for every class absent from a batch.
         warnings.simplefilter("ignore", UndefinedMetricWarning)
