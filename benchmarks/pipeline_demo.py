@@ -121,7 +121,7 @@ def run(quick: bool = False, repeats: int = 3) -> list[dict]:
             "unit": "s",
             "samples": [h for _, h in noop],
             "notes": (
-                "Prefect flow with a temporary local server; 7 DVC stage tasks; "
+                "Prefect flow with a temporary local server; one `dvc status`, no stage run; "
                 "the model is unchanged, so nothing is registered"
             ),
         },

@@ -68,12 +68,11 @@ def repro(stage: str, root: Path, *, force: bool = False, echo: bool = True) -> 
     if stage not in _stages(root):
         raise DvcError(f"unknown stage {stage!r}; dvc.yaml defines {', '.join(_stages(root))}")
     cmd = [_dvc(), "repro", "--single-item", stage] + (["--force"] if force else [])
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     lines: list[str] = []
     with subprocess.Popen(
         cmd,
         cwd=root,
-        env=env,
+        env=_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -101,7 +100,7 @@ def changed(root: Path) -> dict | None:
     proc = subprocess.run(
         [_dvc(), "status", "--json"],
         cwd=root,
-        env={**os.environ, "DVC_NO_ANALYTICS": "1"},
+        env=_env(),
         capture_output=True,
         text=True,
         errors="replace",
@@ -146,6 +145,10 @@ def _path(entry: str | dict) -> PurePosixPath:
 
 def _overlaps(a: PurePosixPath, b: PurePosixPath) -> bool:
     return a == b or a in b.parents or b in a.parents
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "DVC_NO_ANALYTICS": "1"}
 
 
 def _dvc() -> str:

@@ -79,10 +79,11 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
             precision="bf16" if embedder.bf16 else "32",
         )
         n = len(paths)
-        n_truncated = text_encoder.n_truncated(sorted(set(texts)))
+        distinct = sorted(set(texts))
+        n_truncated = text_encoder.n_truncated(distinct)
         if n_truncated:
             print(
-                f"histoflow: warning: {n_truncated} of {len(set(texts))} distinct captions are "
+                f"histoflow: warning: {n_truncated} of {len(distinct)} distinct captions are "
                 f"longer than embed.max_text_tokens={p.max_text_tokens} tokens; the fusion model "
                 "sees only their beginning (raise embed.max_text_tokens to keep them whole)",
                 file=sys.stderr,
