@@ -21,7 +21,7 @@ from prefect.tasks import exponential_backoff
 
 from histoflow import dvc, registry
 from histoflow.config import load_params
-from histoflow.stages._tables import VALIDATED_MANIFEST, read_manifest
+from histoflow.data.manifest import read_manifest
 
 CONCURRENCY_LIMIT = "histoflow-training"
 # Failures worth a retry: another dvc holding the repository lock, I/O hiccups, a busy server.
@@ -78,7 +78,7 @@ def register(root: str) -> dict:
     for name, bounds in (evaluation.get("ci") or {}).items():  # {metric: [low, high]}
         if isinstance(bounds, list | tuple) and len(bounds) == 2:
             metrics[f"{name}.ci_low"], metrics[f"{name}.ci_high"] = map(float, bounds)
-    manifest = read_manifest(base / VALIDATED_MANIFEST)
+    manifest = read_manifest(base / "outputs/validate/manifest.parquet")
     example = base / params.data.root / manifest.loc[manifest["split"] == "test", "path"].iloc[0]
     commit = registry.git_commit(base)
     hashes = dvc.lock_hashes(base)

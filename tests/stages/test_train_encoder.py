@@ -23,7 +23,6 @@ import yaml
 from conftest import tiny_params_dict
 from histoflow.config import TrainEncoderConfig, parse_params
 from histoflow.stages import train_encoder, validate
-from histoflow.stages._tables import VALIDATED_MANIFEST
 
 HISTOFLOW = str(Path(sys.executable).parent / "histoflow")
 
@@ -37,7 +36,7 @@ def validated(tmp_path_factory, tiny_data, tiny_params) -> Path:
         tiny_params,
         validate.Inputs(data=root / "data"),
         validate.Outputs(
-            manifest=root / VALIDATED_MANIFEST,
+            manifest=root / train_encoder.Inputs().manifest,
             report=root / "reports/validation",
             metrics=root / "metrics/validate.json",
         ),
@@ -56,7 +55,7 @@ def _project(validated: Path, tmp_path: Path, **train_encoder) -> Path:
 def _io(root: Path) -> tuple[train_encoder.Inputs, train_encoder.Outputs]:
     out = train_encoder.Outputs()
     return (
-        train_encoder.Inputs(data=root / "data", manifest=root / VALIDATED_MANIFEST),
+        train_encoder.Inputs(data=root / "data", manifest=root / train_encoder.Inputs().manifest),
         train_encoder.Outputs(*(root / getattr(out, f) for f in out.__dataclass_fields__)),
     )
 
@@ -106,10 +105,10 @@ def test_class_weighted_loss_weights_inverse_frequency():
 def test_empty_split_is_named(validated, tmp_path, tiny_params, split):
     root = tmp_path / "p"
     shutil.copytree(validated, root)
-    manifest = pd.read_parquet(root / VALIDATED_MANIFEST)
+    manifest = pd.read_parquet(root / train_encoder.Inputs().manifest)
     other = "val" if split == "train" else "train"
     manifest.loc[manifest["split"] == split, "split"] = other
-    manifest.to_parquet(root / VALIDATED_MANIFEST)
+    manifest.to_parquet(root / train_encoder.Inputs().manifest)
     with pytest.raises(ValueError, match=f"the {split} split of .*manifest.parquet has no images"):
         train_encoder.run(tiny_params, *_io(root))
 
@@ -184,7 +183,7 @@ def test_two_process_ddp_writes_one_checkpoint(validated, tmp_path):
     output, _ = proc.communicate(timeout=400)
     assert proc.returncode == 0, output
     metrics = json.loads((root / "metrics/train_encoder.json").read_text())
-    n_train = (pd.read_parquet(root / VALIDATED_MANIFEST)["split"] == "train").sum()
+    n_train = (pd.read_parquet(root / train_encoder.Inputs().manifest)["split"] == "train").sum()
     assert metrics["world_size"] == 2
     # Each process trained on half the data: half the steps of a single process.
     assert metrics["global_step"] == 2 * -(-n_train // (2 * 4))

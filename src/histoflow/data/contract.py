@@ -39,17 +39,16 @@ from great_expectations.expectations.row_conditions import Column
 
 from histoflow.config import ValidateChecks, ValidateConfig
 from histoflow.data.duplicates import near_duplicate_pairs
+from histoflow.data.manifest import SPLITS
 
 __all__ = [
     "CHECKS",
     "REQUIRED_COLUMNS",
-    "SPLITS",
     "ContractResult",
     "Violation",
     "check_contract",
 ]
 
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 REQUIRED_COLUMNS: tuple[str, ...] = ("path", "label", "split", "patient_id", "readable")
 CHECKS: tuple[str, ...] = tuple(ValidateChecks.model_fields)
 _SCHEMA = "schema"

@@ -14,10 +14,9 @@ import numpy as np
 import pandas as pd
 
 from histoflow.data.duplicates import near_duplicate_pairs
+from histoflow.data.manifest import SPLITS
 
-__all__ = ["SPLIT_ORDER", "cross_split_copies"]
-
-SPLIT_ORDER = ("train", "val", "test")
+__all__ = ["cross_split_copies"]
 
 
 def cross_split_copies(
@@ -39,7 +38,7 @@ def cross_split_copies(
     if mode == "none" or table.empty:
         return {}
     frame = table.reset_index(drop=True)
-    rank = frame["split"].map({s: i for i, s in enumerate(SPLIT_ORDER)}).fillna(len(SPLIT_ORDER))
+    rank = frame["split"].map({s: i for i, s in enumerate(SPLITS)}).fillna(len(SPLITS))
     rank = rank.to_numpy(dtype=int)
     usable = frame["readable"].fillna(False).astype(bool).to_numpy()
     sha = frame["sha256"].fillna("").astype(str).to_numpy()
@@ -52,7 +51,7 @@ def cross_split_copies(
         first = rank[rows].min()
         keeper = frame.at[rows[rank[rows] == first][0], "path"]
         for r in rows[rank[rows] > first]:
-            drop[frame.at[r, "path"]] = f"identical to {keeper} ({SPLIT_ORDER[first]})"
+            drop[frame.at[r, "path"]] = f"identical to {keeper} ({SPLITS[first]})"
     if mode == "exact":
         return drop
 

@@ -24,7 +24,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from PIL import Image
 
-from histoflow.data.contract import SPLITS, ContractResult, Violation
+from histoflow.data.contract import ContractResult, Violation
+from histoflow.data.manifest import SPLITS
 from histoflow.data.qc import to_rgb_float
 from histoflow.io import atomic_path, write_json
 

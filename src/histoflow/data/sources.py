@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["IMAGE_SUFFIXES", "SPLITS", "SPLIT_ALIASES", "DataError", "assign_splits", "read_source"]
+from histoflow.data.manifest import SPLITS
+
+__all__ = ["IMAGE_SUFFIXES", "SPLIT_ALIASES", "DataError", "assign_splits", "read_source"]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"})
-SPLITS = ("train", "val", "test")
 # Folder and column spellings of each split.
 SPLIT_ALIASES = {
     "train": "train",

@@ -14,8 +14,8 @@ import pandas as pd
 import torch
 
 from histoflow.config import CrossGroupConfig, TrainFusionConfig
-from histoflow.evaluation.metrics import bootstrap_ci, bootstrap_weights, headline_metrics
 from histoflow.inference import fuse
+from histoflow.metrics import bootstrap_ci, bootstrap_weights, headline_metrics
 from histoflow.models.ablations import create_classifier
 from histoflow.models.fit import feature_dataset, fit_classifier
 from histoflow.models.fusion import FusionConfig

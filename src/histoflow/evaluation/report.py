@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from histoflow.evaluation.groups import GROUP_METRICS
-from histoflow.evaluation.metrics import HEADLINE
 from histoflow.io import atomic_dir
+from histoflow.metrics import HEADLINE
 
 __all__ = ["write_report"]
 

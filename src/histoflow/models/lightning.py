@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from histoflow.evaluation.metrics import macro_recall
+from histoflow.metrics import macro_recall
 from histoflow.models.finetune import freeze_norm_stats, set_trainable_blocks, trainable_blocks
 
 __all__ = ["EncoderClassifier", "FusionClassifier", "History", "adamw", "warmup_cosine"]

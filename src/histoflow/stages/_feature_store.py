@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from safetensors import safe_open
 
-from histoflow.stages._tables import read_manifest
+from histoflow.data.manifest import read_manifest
 
 if TYPE_CHECKING:
     import pandas as pd

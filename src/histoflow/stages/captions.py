@@ -28,8 +28,8 @@ from histoflow.captions.cache import CacheKey, CaptionCache, key_for
 from histoflow.captions.gallery import write_gallery
 from histoflow.config import CaptionsConfig, Params
 from histoflow.data.images import load_rgb
+from histoflow.data.manifest import read_manifest
 from histoflow.io import atomic_path
-from histoflow.stages._tables import VALIDATED_MANIFEST, read_manifest
 
 __all__ = ["CACHE_NAME", "COLUMNS", "PARAMS", "Inputs", "Outputs", "run"]
 
@@ -44,7 +44,7 @@ _BatchCaptioner = Callable[[Sequence[Image.Image], Sequence[dict]], list[str]]
 @dataclass(frozen=True)
 class Inputs:
     data: Path = Path("data")
-    manifest: Path = VALIDATED_MANIFEST
+    manifest: Path = Path("outputs/validate/manifest.parquet")
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,11 @@ from histoflow.captions.text import TextEncoder
 from histoflow.captions.text_cache import encode_cached
 from histoflow.config import EmbedConfig, Params
 from histoflow.data.dataset import TileDataset
+from histoflow.data.manifest import read_manifest
 from histoflow.inference import ImageEmbedder
 from histoflow.io import atomic_dir
 from histoflow.models.checkpoint import model_fingerprint
 from histoflow.stages._feature_store import ImageEmbeddingCache, SafetensorsStream
-from histoflow.stages._tables import VALIDATED_MANIFEST, read_manifest
 
 __all__ = ["PARAMS", "Inputs", "Outputs", "run"]
 
@@ -33,7 +33,7 @@ _WRITE_ROWS = 1024  # rows per streamed write: bounds memory (1024 x 16 x 2048 f
 @dataclass(frozen=True)
 class Inputs:
     data: Path = Path("data")
-    manifest: Path = VALIDATED_MANIFEST
+    manifest: Path = Path("outputs/validate/manifest.parquet")
     captions: Path = Path("outputs/captions/captions.csv")
     encoder: Path = Path("outputs/train_encoder/model")
 

@@ -19,16 +19,16 @@ from tqdm import tqdm
 from histoflow.config import Params
 from histoflow.evaluation import explain, plots
 from histoflow.evaluation.groups import cross_group, group_breakdowns
-from histoflow.evaluation.metrics import (
+from histoflow.evaluation.report import write_report
+from histoflow.inference import ImageEmbedder, fuse
+from histoflow.io import atomic_dir, atomic_path, write_json
+from histoflow.metrics import (
     HEADLINE,
     bootstrap_ci,
     bootstrap_weights,
     classification_metrics,
     paired_difference,
 )
-from histoflow.evaluation.report import write_report
-from histoflow.inference import ImageEmbedder, fuse
-from histoflow.io import atomic_dir, atomic_path, write_json
 from histoflow.models.ablations import load_classifier
 from histoflow.stages._feature_store import load_features
 from histoflow.stages.train_fusion import fusion_config

@@ -29,12 +29,12 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from histoflow.config import Params, TrainEncoderConfig
 from histoflow.data.dataset import TileDataset, create_transform
+from histoflow.data.manifest import class_names, read_manifest
 from histoflow.device import pick_device, use_bf16
 from histoflow.io import atomic_path, write_json
 from histoflow.models.checkpoint import save_model
 from histoflow.models.encoder import create_encoder_from_params, encoder_description
 from histoflow.models.lightning import EncoderClassifier, History
-from histoflow.stages._tables import VALIDATED_MANIFEST, class_names, read_manifest
 
 __all__ = [
     "PARAMS",
@@ -55,7 +55,7 @@ _SHARDED = ("fsdp", "deepspeed")  # strategies whose gradient clipping must go t
 @dataclass(frozen=True)
 class Inputs:
     data: Path = Path("data")
-    manifest: Path = VALIDATED_MANIFEST
+    manifest: Path = Path("outputs/validate/manifest.parquet")
 
 
 @dataclass(frozen=True)

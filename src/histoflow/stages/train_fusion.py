@@ -16,13 +16,13 @@ import pandas as pd
 import torch
 
 from histoflow.config import Params
+from histoflow.data.manifest import class_names
 from histoflow.io import atomic_dir, atomic_path, write_json
 from histoflow.models.ablations import create_classifier
 from histoflow.models.checkpoint import save_model
 from histoflow.models.fit import feature_dataset, fit_classifier
 from histoflow.models.fusion import FusionConfig
 from histoflow.stages._feature_store import load_features
-from histoflow.stages._tables import class_names
 
 __all__ = ["PARAMS", "Inputs", "Outputs", "fusion_config", "run"]
 

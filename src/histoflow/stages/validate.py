@@ -19,7 +19,6 @@ from histoflow.data.qc import feature_table
 from histoflow.data.report import write_validation_report
 from histoflow.data.sources import assign_splits, read_source
 from histoflow.io import atomic_path, write_json
-from histoflow.stages._tables import VALIDATED_MANIFEST
 
 __all__ = ["PARAMS", "QC_FAILURE_CHECKS", "ContractViolation", "Inputs", "Outputs", "run"]
 
@@ -35,7 +34,7 @@ class Inputs:
 
 @dataclass(frozen=True)
 class Outputs:
-    manifest: Path = VALIDATED_MANIFEST
+    manifest: Path = Path("outputs/validate/manifest.parquet")
     report: Path = Path("reports/validation")
     metrics: Path = Path("metrics/validate.json")
 

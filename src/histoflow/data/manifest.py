@@ -1,4 +1,9 @@
-"""Reading the tables that stages pass to each other."""
+"""The per-image table that stages pass to each other: its splits, reading it, class order.
+
+``validate`` writes the validated manifest (parquet); later stages, flows and monitoring read
+it, and the CSV tables derived from it (captions, the feature index, predictions), through
+:func:`read_manifest`.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,18 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["VALIDATED_MANIFEST", "class_names", "read_manifest"]
+__all__ = ["SPLITS", "class_names", "read_manifest"]
 
-# Written by `validate`, read by later stages and by the flows.
-VALIDATED_MANIFEST = Path("outputs/validate/manifest.parquet")
+# The splits every dataset ends up with, in the order images are kept in when deduplicating.
+SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
 def read_manifest(path: Path) -> pd.DataFrame:
-    """A table passed between stages: the validated manifest (parquet) or a CSV output."""
+    """Read a table passed between stages: the validated manifest (parquet) or a CSV output.
+
+    Raises:
+        FileNotFoundError: the file does not exist (the stage that writes it has not run).
+    """
     if not Path(path).is_file():
         raise FileNotFoundError(
             f"{path} not found: run `histoflow stage validate` (or `dvc repro`) first"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from histoflow.evaluation.metrics import (
+from histoflow.metrics import (
     bootstrap_ci,
     bootstrap_weights,
     classification_metrics,
