@@ -33,9 +33,9 @@ demo: install
 	rm -rf monitoring/reports/demo_in_distribution monitoring/reports/demo_stain_shift; \
 	histoflow monitor --inbox > /dev/null; \
 	echo; echo "== done in $$(( $$(date +%s) - start )) s (after installation)"; \
-	echo "validation:     reports/validation/report.html"; \
+	echo "validation:     reports/validate/report.html"; \
 	echo "captions:       reports/captions/gallery.html"; \
-	echo "metrics:        metrics/eval.json"; \
+	echo "metrics:        metrics/evaluate.json"; \
 	echo "plots:          outputs/evaluate/plots/"; \
 	for b in demo_in_distribution demo_stain_shift; do \
 	  echo "drift report:   monitoring/reports/$$b/drift.html (drift_detected: $$(python -c "import json;print(json.load(open('monitoring/reports/$$b/drift.json'))['drift_detected'])"))"; \
@@ -55,6 +55,7 @@ test: install browser
 lint: install
 	$(BIN)/ruff check src tests flows benchmarks
 	$(BIN)/ruff format --check src tests flows benchmarks
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff format src tests flows benchmarks

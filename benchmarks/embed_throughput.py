@@ -184,15 +184,22 @@ def _write_tiles(folder: Path, n: int, size: int) -> Path:
 
 def _pipeline(embedder: ImageEmbedder, data: Path, tmp: Path) -> None:
     """The stage's image side (DataLoader workers, embedding, cache writes) on an empty cache."""
-    from histoflow.stages._feature_store import ImageEmbeddingCache
-    from histoflow.stages.embed import _embed_missing
+    from histoflow.embeddings.cache import ImageEmbeddingCache, embed_missing
 
     table = pd.read_parquet(data.parent / f"{data.name}_manifest.parquet")
     db = tmp / f"cache_{time.monotonic_ns()}.sqlite"
     cache = ImageEmbeddingCache(db, "bench")
     p = load_params(REPO / "params.yaml").embed.model_copy(update={"batch_size": 128})
     try:
-        _embed_missing(embedder, cache, data, table["path"].tolist(), table["sha256"].tolist(), p)
+        embed_missing(
+            embedder,
+            cache,
+            data,
+            table["path"].tolist(),
+            table["sha256"].tolist(),
+            batch_size=p.batch_size,
+            num_workers=p.num_workers,
+        )
     finally:
         cache.close()
         db.unlink()

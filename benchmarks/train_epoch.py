@@ -8,7 +8,7 @@ Both sides train the same timm backbone (fresh, same seed) with a linear head on
 synthetic tiles, through the stage's own training DataLoader (same augmentation, batch size
 and workers), with the same dtype (bf16 autocast where :func:`histoflow.device.use_bf16` says
 so), AdamW, per-step warm-up + cosine schedule, label-smoothed cross-entropy and gradient
-clipping. The Lightning side is :func:`histoflow.stages.train_encoder.build_module` and
+clipping. The Lightning side is :func:`histoflow.training.encoder.build_module` and
 ``build_trainer`` (validation and checkpoint files off, so both do the same work). Each repeat
 runs both, in alternating order; the ratio is bare epoch time / Lightning epoch time of the same
 repeat (1.0 = no overhead). Target (issue #5): at least 0.85.
@@ -36,8 +36,8 @@ from histoflow.data.synthetic import generate
 from histoflow.device import autocast, pick_device, use_bf16
 from histoflow.io import write_json
 from histoflow.models.encoder import create_encoder
-from histoflow.models.lightning import adamw, warmup_cosine
-from histoflow.stages.train_encoder import build_module, build_trainer, train_loader
+from histoflow.training.encoder import build_module, build_trainer, train_loader
+from histoflow.training.optim import adamw, warmup_cosine
 
 __all__ = ["run"]
 

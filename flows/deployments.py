@@ -14,11 +14,9 @@ on a work pool, with a worker on each machine that holds a checkout (see the REA
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from datetime import timedelta
 from pathlib import Path
-from types import ModuleType
 
 from prefect import serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
@@ -26,11 +24,11 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron, Interval
 
 from histoflow.config import load_params
+from histoflow.project import load_flow
 
 __all__ = ["build_deployments"]
 
-FLOWS = Path(__file__).resolve().parent
-ROOT = FLOWS.parent
+ROOT = Path(__file__).resolve().parent.parent  # the checkout these flow files belong to
 
 
 def build_deployments(root: Path, params_file: str = "params.yaml") -> list[RunnerDeployment]:
@@ -46,8 +44,8 @@ def build_deployments(root: Path, params_file: str = "params.yaml") -> list[Runn
     root = Path(root).resolve()
     cfg = load_params(root / params_file).deploy
     parameters = {"root": str(root)}
-    training = _flow_module("training").training
-    monitor_inbox = _flow_module("monitoring").monitor_inbox
+    training = load_flow("training", ROOT).training
+    monitor_inbox = load_flow("monitoring", ROOT).monitor_inbox
     return [
         training.to_deployment(
             name="nightly",
@@ -69,22 +67,6 @@ def build_deployments(root: Path, params_file: str = "params.yaml") -> list[Runn
             description="Drift reports for new batches in monitor.inbox, then monitor.action.",
         ),
     ]
-
-
-def _flow_module(name: str) -> ModuleType:
-    # flows/ is not a package; the module is registered in sys.modules because to_deployment
-    # finds a flow's file (its entrypoint) through the flow's module.
-    key = f"histoflow_flows_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, FLOWS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[key]
-            raise
-    return sys.modules[key]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,61 +21,35 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from histoflow.config import load_params
-from histoflow.data.images import load_rgb
-from histoflow.data.qc import DRIFT_FEATURES, feature_table
-from histoflow.data.sources import read_source
-from histoflow.io import atomic_path, write_json
-from histoflow.monitoring.actions import take_action
+from histoflow.data.qc import feature_table
+from histoflow.monitoring.batch import readable_files, report_batch
 from histoflow.monitoring.inbox import clear_failure, pending_batches, record_failure
-from histoflow.monitoring.report import MonitorData, monitoring_report
+from histoflow.monitoring.reference import Reference, load_reference
 from histoflow.predict import collect_images
-from histoflow.registry import load_model, log_monitoring
+from histoflow.registry import RegisteredModel, load_model, log_monitoring
 
 
 @task(cache_policy=NO_CACHE)
 def batch_features(files: list[Path], workers: int) -> pd.DataFrame:
+    """The batch's per-image QC table (the ``validate`` stage's measurements)."""
     return feature_table(files, workers=workers)
 
 
 @task(retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def champion_outputs(model, files: list[Path]) -> tuple[pd.DataFrame, np.ndarray]:
+def champion_outputs(model: RegisteredModel, files: list[Path]) -> tuple[pd.DataFrame, np.ndarray]:
     """The champion's predictions and pooled image embeddings for ``files``."""
-    table, pooled = model.predictor.predict_with_embeddings([load_rgb(f) for f in files])
-    table.insert(0, "path", [str(f) for f in files])
-    return table, pooled
+    return model.predictor.predict_files(files, embeddings=True)
 
 
 @task(cache_policy=NO_CACHE)
-def reference_data(model) -> tuple[MonitorData, dict[str, np.ndarray]]:
-    """The champion's reference: training-split features, held-out embeddings and predictions."""
-    from safetensors.numpy import load_file
-
-    folder = model.reference.get("reference")
-    if folder is None:
+def champion_reference(model: RegisteredModel) -> Reference:
+    """The reference registered with the champion."""
+    if model.reference is None:
         raise FileNotFoundError(
             "the champion was registered without a monitoring reference; retrain and register it "
             "with this version of histoflow (`histoflow run`)"
         )
-    features = pd.read_parquet(folder / "features.parquet")
-    test = pd.read_csv(model.reference["reference_predictions"])
-    probs = test.filter(like="prob_")
-    predictions = pd.DataFrame({"predicted": test["predicted"], "confidence": probs.max(axis=1)})
-    data = MonitorData(
-        features=features[[c for c in DRIFT_FEATURES if c in features]],
-        embeddings=pd.read_parquet(folder / "embeddings.parquet"),
-        predictions=predictions,
-    )
-    return data, load_file(folder / "pca.safetensors")
-
-
-def _labels(batch: Path, files: list[Path], classes: list[str]) -> pd.Series | None:
-    """True labels when the batch has them: a manifest.csv, or one folder per known class."""
-    rel = [f.resolve().relative_to(batch.resolve()).as_posix() for f in files]
-    if (batch / "manifest.csv").is_file():
-        table = read_source(batch).set_index("path")["label"]
-        return pd.Series([table.get(r) for r in rel]) if set(rel) <= set(table.index) else None
-    folders = [r.split("/")[0] if "/" in r else None for r in rel]
-    return pd.Series(folders) if all(f in classes for f in folders) else None
+    return load_reference(model.reference, model.reference_predictions)
 
 
 @flow(name="histoflow-monitoring", log_prints=True)
@@ -86,61 +60,41 @@ def monitoring(
     model_uri: str = "models:/histoflow@champion",
 ) -> dict:
     """Write the drift report of ``batch_dir`` and act on it; returns the ``drift.json`` summary."""
-    base = Path(root).resolve()
+    base, batch = Path(root).resolve(), Path(batch_dir)
     params = load_params(base / params_file)
-    batch = Path(batch_dir)
     files = collect_images([batch])
-    model = load_model(model_uri, base).unwrap_python_model()  # no champion: fails here, first
-    reference, pca = reference_data(model)
-
-    current = batch_features(files, params.validate.workers)
-    readable = current["readable"].astype(bool).to_numpy()
-    if not readable.any():
-        raise ValueError(
-            f"none of the {len(files)} files in {batch_dir} could be read as an image "
-            f"(e.g. {current['path'].iloc[0]}: {current['error'].iloc[0]})"
-        )
-    ok = [f for f, good in zip(files, readable, strict=True) if good]
-    predictions, pooled = champion_outputs(model, ok)
-    pcs = (pooled - pca["mean"]) @ pca["components"].T  # (N, k) in the reference's PCA space
-    classes = model.predictor.classes
-    data = MonitorData(
-        features=current.loc[readable, list(reference.features.columns)].reset_index(drop=True),
-        embeddings=pd.DataFrame(pcs, columns=list(reference.embeddings.columns)),
-        predictions=predictions.rename(columns={"label": "predicted"})[["predicted", "confidence"]],
-        labels=_labels(batch, ok, classes),
+    model = load_model(model_uri, base)  # no champion: fails here, first
+    reference = champion_reference(model)
+    features = batch_features(files, params.validate.workers)
+    predictions, pooled = champion_outputs(model, readable_files(batch, files, features))
+    out_dir = base / params.monitor.reports / batch.resolve().name
+    summary = report_batch(
+        batch,
+        features,
+        predictions,
+        pooled,
+        reference,
+        classes=model.predictor.classes,
+        cfg=params.monitor,
+        out_dir=out_dir,
+        extra={"batch": out_dir.name, "model_uri": model_uri},
     )
-    name = batch.resolve().name
-    out_dir = base / params.monitor.reports / name
-    extra = {
-        "batch": name,
-        "model_uri": model_uri,
-        "report": str(out_dir / "drift.html"),
-        "n_files": len(files),
-        "n_unreadable": int((~readable).sum()),
-        "unreadable": current.loc[~readable, "path"].head(20).tolist(),
-    }
-    summary = monitoring_report(
-        reference, data, params.monitor, out_dir, classes=classes, extra=extra
-    )
-    with atomic_path(out_dir / "predictions.csv") as tmp:
-        predictions.to_csv(tmp, index=False)
-    summary["action"] = take_action(summary, params.monitor)
-    write_json(out_dir / "drift.json", summary)
     log_monitoring(base, params.registry.experiment, summary, out_dir)
-
-    drifted = [s for s, v in summary["signals"].items() if v["drifted"]]
     create_markdown_artifact(
-        key=f"drift-{name}".lower().replace("_", "-"),
-        markdown=(
-            f"## Drift report for batch `{name}`\n\n**drift detected: {summary['drift_detected']}**"
-            f" (signals drifted: {', '.join(drifted) or 'none'}; action: "
-            f"{summary['action']['action']}, taken: {summary['action']['taken']})\n\n"
-            f"Report: `{out_dir / 'drift.html'}`"
-        ),
+        key=f"drift-{out_dir.name}".lower().replace("_", "-"), markdown=_page(summary)
     )
-    print(f"drift report: {out_dir / 'drift.html'} (drift_detected={summary['drift_detected']})")
+    print(f"drift report: {summary['report']} (drift_detected={summary['drift_detected']})")
     return summary
+
+
+def _page(summary: dict) -> str:
+    drifted = [s for s, v in summary["signals"].items() if v["drifted"]]
+    return (
+        f"## Drift report for batch `{summary['batch']}`\n\n**drift detected: "
+        f"{summary['drift_detected']}** (signals drifted: {', '.join(drifted) or 'none'}; action: "
+        f"{summary['action']['action']}, taken: {summary['action']['taken']})\n\n"
+        f"Report: `{summary['report']}`"
+    )
 
 
 @flow(name="histoflow-monitor-inbox", log_prints=True)

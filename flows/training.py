@@ -9,7 +9,6 @@ repository lock), and a Prefect global concurrency limit ``histoflow-training``
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -21,7 +20,7 @@ from prefect.tasks import exponential_backoff
 
 from histoflow import dvc, registry
 from histoflow.config import load_params
-from histoflow.data.manifest import read_manifest
+from histoflow.stages import evaluate, reference, train_encoder, train_fusion, validate
 
 CONCURRENCY_LIMIT = "histoflow-training"
 # Failures worth a retry: another dvc holding the repository lock, I/O hiccups, a busy server.
@@ -72,107 +71,36 @@ def register(root: str) -> dict:
     """
     base = Path(root)
     params = load_params(base / "params.yaml")
-    evaluation = json.loads((base / "metrics/eval.json").read_text())
-    metrics = {k: float(v) for k, v in evaluation.items() if isinstance(v, int | float)}
-    metrics.update({f"recall.{c}": v for c, v in evaluation["per_class_recall"].items()})
-    for name, bounds in (evaluation.get("ci") or {}).items():  # {metric: [low, high]}
-        if isinstance(bounds, list | tuple) and len(bounds) == 2:
-            metrics[f"{name}.ci_low"], metrics[f"{name}.ci_high"] = map(float, bounds)
-    manifest = read_manifest(base / "outputs/validate/manifest.parquet")
-    example = base / params.data.root / manifest.loc[manifest["split"] == "test", "path"].iloc[0]
-    commit = registry.git_commit(base)
-    hashes = dvc.lock_hashes(base)
-    tags = {"git_commit": commit}
-    tags.update({f"dvc.md5.{path}": md5 for path, md5 in hashes.items()})
-    same = registry.registered_version_with(base, params, tags)
-    if same is not None:  # e.g. a scheduled run with no new data: no duplicate version
-        reason = f"unchanged: dvc.lock hashes equal those of v{same}; nothing registered"
-        print(f"histoflow v{same}: {reason}")
-        return {
-            "version": same,
-            "promoted": False,
-            "unchanged": True,
-            "reason": reason,
-            "checks": {},
-            "metric": params.registry.metric,
-            "challenger_value": metrics.get(params.registry.metric),
-            "champion_value": None,
-        }
-    card = registry.render_model_card(
-        evaluation,
-        params,
-        manifest,
-        git_commit=commit,
-        data_hash=hashes.get(str(params.data.root)) or _data_hash(base),
-    )
-    version = registry.log_and_register(
-        base,
-        params,
-        metrics=metrics,
-        model_files={
-            "encoder": base / "outputs/train_encoder/model",
-            "fusion": base / "outputs/train_fusion/model",
-            # The champion carries what monitoring compares new batches with.
-            "reference": base / "monitoring/reference",
-            "reference_predictions": base / "outputs/evaluate/predictions.csv",
-        },
-        classes=sorted(evaluation["per_class_recall"], key=_class_order(base)),
-        example_image=example,
-        artifacts=[
+    evaluated = evaluate.Outputs()
+    run = registry.TrainingRun(
+        root=base,
+        evaluation=base / evaluated.metrics,
+        manifest=base / validate.Outputs().manifest,
+        encoder=base / train_encoder.Outputs().model,
+        fusion=base / train_fusion.Outputs().model,
+        reference=base / reference.Outputs().reference,
+        reference_predictions=base / evaluated.predictions,
+        # Every stage writes metrics/NAME.json and reports/NAME/: the folders go whole.
+        artifacts=tuple(
             base / p
             for p in (
                 "params.yaml",
                 "dvc.lock",
-                "metrics",
-                "outputs/evaluate/plots",
-                "outputs/evaluate/predictions.csv",
-                "reports",
+                Path(evaluated.metrics).parent,
+                evaluated.plots,
+                evaluated.predictions,
+                Path(evaluated.report).parent,
             )
-        ],
-        tags=tags,
-        model_card=card,
+        ),
     )
-    decision = registry.promote(params.registry, version, base)
+    result = registry.register_run(run, params)
+    print(f"histoflow v{result.version}: {result.reason}")
     create_markdown_artifact(
         key="histoflow-registration",
-        markdown=(
-            f"## histoflow v{version}\n\n**{'promoted to champion' if decision.promoted else 'challenger only'}**"
-            f": {decision.reason}\n\n| check | result |\n|---|---|\n"
-            + "".join(f"| {k} | {v} |\n" for k, v in decision.checks.items())
-            + "\n| metric | value |\n|---|---|\n"
-            + "".join(f"| {k} | {v:.4f} |\n" for k, v in sorted(metrics.items()))
-        ),
+        markdown=result.markdown(),
         description="Model registration and promotion decision",
     )
-    return {
-        "version": version,
-        "promoted": decision.promoted,
-        "unchanged": False,
-        "reason": decision.reason,
-        "checks": decision.checks,
-        "metric": decision.metric,
-        "challenger_value": decision.challenger_value,
-        "champion_value": decision.champion_value,
-    }
-
-
-def _class_order(base: Path):
-    """Sort key giving the classes in the fusion model's output order."""
-    from histoflow.models.checkpoint import read_model_json
-
-    meta = read_model_json(base / "outputs/train_fusion/model")
-    order = {c: i for i, c in enumerate(meta["classes"])}
-    return lambda c: order.get(c, len(order))
-
-
-def _data_hash(base: Path) -> str | None:
-    import yaml
-
-    dvc_file = base / "data.dvc"
-    if not dvc_file.is_file():
-        return None
-    outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs", [{}])
-    return outs[0].get("md5") if outs else None
+    return result.summary()
 
 
 def _ensure_concurrency_limit(limit: int) -> None:

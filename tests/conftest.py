@@ -18,6 +18,7 @@ import yaml
 
 from histoflow.config import Params, parse_params
 from histoflow.data.synthetic import generate
+from histoflow.project import DEFAULTS, environment, load_flow
 from histoflow.tiny import TINY, TINY_DATA
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,14 +51,12 @@ def tiny_params_dict(**overrides: dict) -> dict:
 @pytest.fixture(autouse=True, scope="session")
 def _offline_environment(tmp_path_factory):
     """Keep tests off the network and out of the developer's own stores."""
-    os.environ["DVC_NO_ANALYTICS"] = "1"
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    os.environ["PATH"] = (
-        BIN + os.pathsep + os.environ["PATH"]
-    )  # `histoflow`, `dvc` for dvc.yaml cmds
+    os.environ.update(
+        {k: v for k, v in environment(REPO).items() if k in DEFAULTS},
+        HF_HUB_OFFLINE="1",
+        PATH=BIN + os.pathsep + os.environ["PATH"],  # `histoflow`, `dvc` for dvc.yaml cmds
+    )
 
 
 @pytest.fixture(scope="session")
@@ -121,12 +120,7 @@ def prefect_harness():
 
 def load_flow_module(name: str):
     """Import ``flows/NAME.py`` from this repository."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"flows_{name}", REPO / "flows" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_flow(name, REPO)
 
 
 @pytest.fixture(scope="session")

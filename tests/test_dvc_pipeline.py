@@ -17,7 +17,7 @@ def test_full_repro_then_noop_then_fusion_only_change(tmp_path, reproduced_proje
 
     root = tmp_path / "project"
     shutil.copytree(reproduced_project, root, symlinks=True)
-    metrics = json.loads((root / "metrics/eval.json").read_text())
+    metrics = json.loads((root / "metrics/evaluate.json").read_text())
     for key in (
         "accuracy",
         "balanced_accuracy",

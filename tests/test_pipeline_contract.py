@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import pytest
 import yaml
@@ -68,7 +69,69 @@ def test_every_params_section_is_a_stage_or_shared():
     assert set(raw) == own | {"data", "registry", "monitor", "deploy"}
 
 
-def test_flow_runs_stages_from_dvc_yaml():
-    source = (REPO / "flows/training.py").read_text()
-    assert "dvc.stage_order" in source and "dvc.repro" in source
-    assert "histoflow stage" not in source  # the flow never re-implements a stage
+def _imports(path: Path) -> set[str]:
+    """Every ``histoflow`` module a source file imports, at any depth (lazy imports too), except
+    under ``if TYPE_CHECKING:``; ``from a import b`` also yields ``a.b`` (b may be a module)."""
+    tree = ast.parse(path.read_text())
+    skipped = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for n in ast.walk(node)
+    }
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    return {name for name in found if name.split(".")[0] == "histoflow"}
+
+
+def _source(module: str) -> Path | None:
+    base = REPO / "src" / Path(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _code_closure(module: str) -> set[Path]:
+    """The source files a module runs: its own, what it imports, transitively, and the
+    ``__init__.py`` of every package on the way."""
+    seen: set[Path] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__
+            file = _source(".".join(parts[:i]))
+            if file is not None and file not in seen:
+                seen.add(file)
+                todo += sorted(_imports(file))
+    return seen
+
+
+@pytest.mark.parametrize("name", STAGE_NAMES)
+def test_stage_deps_cover_the_code_it_runs(name):
+    deps = [PurePosixPath(_resolve(d)) for d in DVC_YAML["stages"][name]["deps"]]
+    code = sorted(_code_closure(f"histoflow.stages.{name}"))
+    assert len(code) > 3  # the walk found the stage module and what it imports
+    uncovered = [
+        rel
+        for rel in (PurePosixPath(f.relative_to(REPO).as_posix()) for f in code)
+        if not any(rel == d or d in rel.parents for d in deps)
+    ]
+    assert not uncovered, (
+        f"dvc.yaml stage {name!r} runs code its deps do not cover, so a change to it would not "
+        f"re-run the stage; add to its deps: {', '.join(map(str, uncovered))}"
+    )
+
+
+def test_stage_code_closure_follows_lazy_imports():
+    # evaluate imports its models inside run(): the walk must still see them.
+    code = {f.relative_to(REPO).as_posix() for f in _code_closure("histoflow.stages.evaluate")}
+    assert "src/histoflow/models/ablations.py" in code
+    assert "src/histoflow/training/fusion.py" in code  # through the cross-group protocol

@@ -12,7 +12,7 @@ from conftest import REPO, dvc
 from histoflow.config import ConfigError, load_params
 from histoflow.dvc import ran_stages
 from histoflow.recipes import apply_recipe, default_params, resolve_recipe
-from histoflow.registry.mlflow_registry import use_tracking_uri
+from histoflow.registry.tracking import use_tracking_uri
 
 
 def test_repository_params_are_the_defaults():

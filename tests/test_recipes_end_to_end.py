@@ -91,10 +91,10 @@ def test_recipe_runs_end_to_end_on_its_standin(recipe, tmp_path, monkeypatch):
 
     results = {name: run_stage(name, cfg) for name in STAGE_NAMES}
 
-    metrics = json.loads((tmp_path / "metrics" / "eval.json").read_text())
+    metrics = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
     assert 0.0 <= metrics["macro_recall"] <= 1.0 and metrics["ci"]["macro_recall"]
     assert set(metrics["ablations"]) >= {"image_only", "text_only", "concat"}
-    assert (tmp_path / "reports" / "evaluation" / "index.html").is_file()
+    assert (tmp_path / "reports" / "evaluate" / "index.html").is_file()
     described = read_model_json(tmp_path / "outputs" / "train_encoder" / "model")
     _CHECKS[recipe](cfg, results, metrics, described, tmp_path)
 
@@ -136,7 +136,7 @@ def _stroke(cfg, results, metrics, described, root):
     # Grad-CAM (ResNet branch) and rollout (ViT branch) panels; per-branch maps are checked
     # in tests/evaluation/test_explain.py.
     for label in ("normal", "stroke"):
-        assert (root / "reports" / "evaluation" / "img" / f"explain_{label}.png").is_file()
+        assert (root / "reports" / "evaluate" / "img" / f"explain_{label}.png").is_file()
 
 
 _CHECKS = {

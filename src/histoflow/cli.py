@@ -6,11 +6,12 @@ Run it from the project root (the folder holding ``dvc.yaml`` and ``params.yaml`
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
 from pathlib import Path
+
+from histoflow.project import apply_environment
 
 __all__ = ["main"]
 
@@ -18,7 +19,7 @@ __all__ = ["main"]
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    _quiet_environment()
+    apply_environment(Path.cwd())
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:
@@ -352,24 +353,10 @@ def _monitor(args: argparse.Namespace) -> None:
 
 
 def _load_flows(name: str):
-    """Import ``flows/NAME.py`` of the project in the working directory."""
-    path = Path.cwd() / "flows" / f"{name}.py"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: run histoflow from the project root (where dvc.yaml is)"
-        )
-    spec = importlib.util.spec_from_file_location(f"histoflow_flows_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """``flows/NAME.py`` of the project in the working directory."""
+    from histoflow.project import load_flow
 
-
-def _quiet_environment() -> None:
-    # Project-local Prefect state (runs appear in `make ui`), no telemetry: this may be offline.
-    os.environ.setdefault("PREFECT_HOME", str(Path.cwd() / ".prefect"))
-    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return load_flow(name, Path.cwd())
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ __all__ = [
     "EvaluateConfig",
     "MonitorConfig",
     "Params",
+    "ReferenceConfig",
     "RegistryConfig",
     "TrainEncoderConfig",
     "TrainFusionConfig",
@@ -296,7 +297,6 @@ class MonitorConfig(_Section):
     embedding_drift_share: float = Field(0.3, gt=0, le=1)  # same, over the embedding PCs
     stattest_threshold: float = Field(0.05, gt=0, lt=1)
     method: Literal["ks", "wasserstein", "psi"] = "ks"  # per-column test for numeric columns
-    pca_components: int = Field(8, ge=2, le=64)  # embeddings are compared in this PCA space
     signals: tuple[Literal["features", "embeddings", "predictions"], ...] = (
         "features",
         "embeddings",
@@ -309,6 +309,12 @@ class MonitorConfig(_Section):
     reports: Path = Path("monitoring/reports")
 
 
+class ReferenceConfig(_Section):
+    """The monitoring reference stored with each model (stage ``reference``)."""
+
+    pca_components: int = Field(8, ge=2, le=64)  # embeddings are compared in this PCA space
+
+
 class Params(_Section):
     """All of ``params.yaml``; every section is required so a typo'd section name fails."""
 
@@ -319,6 +325,7 @@ class Params(_Section):
     embed: EmbedConfig
     train_fusion: TrainFusionConfig
     evaluate: EvaluateConfig
+    reference: ReferenceConfig
     registry: RegistryConfig
     monitor: MonitorConfig
     deploy: DeployConfig

@@ -6,7 +6,6 @@ Only this module shells out to ``dvc``.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -14,7 +13,9 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
-__all__ = ["DvcError", "changed", "lock_hashes", "ran_stages", "repro", "stage_order"]
+from histoflow.project import environment
+
+__all__ = ["DvcError", "changed", "data_hash", "lock_hashes", "ran_stages", "repro", "stage_order"]
 
 
 class DvcError(RuntimeError):
@@ -72,7 +73,7 @@ def repro(stage: str, root: Path, *, force: bool = False, echo: bool = True) -> 
     with subprocess.Popen(
         cmd,
         cwd=root,
-        env=_env(),
+        env=environment(root),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -100,7 +101,7 @@ def changed(root: Path) -> dict | None:
     proc = subprocess.run(
         [_dvc(), "status", "--json"],
         cwd=root,
-        env=_env(),
+        env=environment(root),
         capture_output=True,
         text=True,
         errors="replace",
@@ -132,6 +133,15 @@ def lock_hashes(root: Path) -> dict[str, str]:
     return hashes
 
 
+def data_hash(root: Path, dataset: str = "data") -> str | None:
+    """The md5 DVC recorded for ``dataset`` (``root/<dataset>.dvc``), or None when untracked."""
+    dvc_file = Path(root) / f"{dataset}.dvc"
+    if not dvc_file.is_file():
+        return None
+    outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}]
+    return outs[0].get("md5")
+
+
 def _stages(root: Path) -> dict[str, dict]:
     path = Path(root) / "dvc.yaml"
     if not path.is_file():
@@ -145,10 +155,6 @@ def _path(entry: str | dict) -> PurePosixPath:
 
 def _overlaps(a: PurePosixPath, b: PurePosixPath) -> bool:
     return a == b or a in b.parents or b in a.parents
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "DVC_NO_ANALYTICS": "1"}
 
 
 def _dvc() -> str:

@@ -1,6 +1,8 @@
-"""The inference path shared by ``embed``, ``evaluate``, ``predict`` and the registered model.
+"""The inference path shared by ``embed``, ``evaluate``, ``predict``, monitoring and the registered model.
 
 image -> (caption -> text tokens) + (encoder -> image tokens) -> fusion -> class probabilities.
+:class:`Predictor` is the one entry point that classifies images: the MLflow pyfunc wraps it,
+and ``histoflow predict`` and the monitoring flow call :meth:`Predictor.predict_files`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from PIL import Image
 from histoflow.captions import create_captioner
 from histoflow.captions.text import TextEncoder
 from histoflow.data.dataset import create_transform
+from histoflow.data.images import load_rgb
 from histoflow.device import autocast, pick_device, use_bf16
 from histoflow.models.checkpoint import load_encoder, load_fusion
 from histoflow.models.encoder import encode_images
@@ -53,6 +56,7 @@ class ImageEmbedder:
         return pooled.float().cpu(), tokens.float().cpu()
 
     def embed_images(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoded images -> pooled (B, D) and tokens (B, grid^2, D), as :meth:`embed_tensor`."""
         return self.embed_tensor(torch.stack([self.transform(im) for im in images]))
 
 
@@ -93,6 +97,7 @@ class Predictor:
     def from_folders(
         cls, encoder_dir: Path, fusion_dir: Path, *, accelerator: str = "auto"
     ) -> Predictor:
+        """The predictor of a trained encoder folder and fusion folder."""
         fusion, meta = load_fusion(fusion_dir)
         embedder = ImageEmbedder(encoder_dir, meta["token_grid"], accelerator=accelerator)
         text = TextEncoder(
@@ -129,6 +134,34 @@ class Predictor:
         if not frames:
             return pd.DataFrame(), np.zeros((0, 0), np.float32)
         return pd.concat(frames, ignore_index=True), np.concatenate(pooled)
+
+    def predict_files(
+        self,
+        files: Sequence[Path],
+        *,
+        batch_size: int = 64,
+        embeddings: bool = False,
+        progress: bool = False,
+    ) -> tuple[pd.DataFrame, np.ndarray | None]:
+        """Classify image files, reading ``batch_size`` at a time (memory stays flat).
+
+        Returns:
+            :meth:`predict`'s table with ``path`` first, and the pooled image embeddings
+            (N, D) when ``embeddings`` is set (else None).
+        """
+        from tqdm import tqdm
+
+        frames, pooled = [], []
+        with tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar:
+            for s in range(0, len(files), batch_size):
+                batch = list(files[s : s + batch_size])
+                frame, emb = self.predict_with_embeddings([load_rgb(f) for f in batch], batch_size)
+                frame.insert(0, "path", [str(f) for f in batch])
+                frames.append(frame)
+                pooled.append(emb)
+                bar.update(len(batch))
+        table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        return table, (np.concatenate(pooled) if embeddings and pooled else None)
 
 
 def _caption(captioner: Callable[[Image.Image], str], images: list[Image.Image]) -> list[str]:

@@ -24,7 +24,7 @@ __all__ = [
     "paired_difference",
 ]
 
-# Metrics with a bootstrap 95% CI in eval.json (ece: lower is better; the rest higher).
+# Metrics with a bootstrap 95% CI in evaluate.json (ece: lower is better; the rest higher).
 HEADLINE = (
     "accuracy",
     "balanced_accuracy",

@@ -7,7 +7,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
-from tqdm import tqdm
 
 from histoflow.data.sources import IMAGE_SUFFIXES
 
@@ -59,25 +58,18 @@ def predict_paths(
 ) -> pd.DataFrame:
     """Predictions for every image under ``paths``: one row per file with ``path`` first.
 
-    Files are read and sent to the model ``batch_size`` at a time, so memory stays flat on
-    large folders; a tqdm bar counts images.
+    Files are read and classified ``batch_size`` at a time through the registered model's
+    :class:`~histoflow.inference.Predictor` (the same path as the pyfunc and monitoring), so
+    memory stays flat on large folders; a tqdm bar counts images.
     """
     from histoflow.registry import load_model
-    from histoflow.registry.pyfunc import encode_image_file
 
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     files = collect_images(paths)
     model = load_model(model_uri, root)
-    frames = []
-    with tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar:
-        for s in range(0, len(files), batch_size):
-            batch = files[s : s + batch_size]
-            frame = model.predict(pd.DataFrame({"image": [encode_image_file(f) for f in batch]}))
-            frame.insert(0, "path", [str(f) for f in batch])
-            frames.append(frame)
-            bar.update(len(batch))
-    return pd.concat(frames, ignore_index=True)
+    table, _ = model.predictor.predict_files(files, batch_size=batch_size, progress=progress)
+    return table
 
 
 def write_predictions(table: pd.DataFrame, out: Path, fmt: str = "csv") -> None:

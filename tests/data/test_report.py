@@ -49,7 +49,7 @@ def _dataset(root: Path) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    out = tmp_path_factory.mktemp("reports") / "validation"
+    out = tmp_path_factory.mktemp("reports") / "validate"
     table = _dataset(root)
     result = check_contract(table, ValidateConfig(min_size=16), classes=CLASSES)
     excluded = sorted(result.flagged(["blurred", "blank"]))

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from conftest import load_flow_module
 from histoflow import dvc
 from histoflow.registry import tracking_uri
-from histoflow.registry.mlflow_registry import use_tracking_uri
+from histoflow.registry.tracking import use_tracking_uri
 
 
 def _client(root) -> MlflowClient:

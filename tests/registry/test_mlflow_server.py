@@ -30,7 +30,7 @@ from histoflow.registry import (
     rollback,
     status,
 )
-from histoflow.registry.mlflow_registry import use_tracking_uri
+from histoflow.registry.tracking import use_tracking_uri
 from servers import Server, free_port
 
 pytestmark = pytest.mark.slow
@@ -79,7 +79,7 @@ def _params(**registry):
 
 
 def _register(root: Path, params) -> str:
-    evaluation = json.loads((root / "metrics/eval.json").read_text())
+    evaluation = json.loads((root / "metrics/evaluate.json").read_text())
     metrics = {k: float(v) for k, v in evaluation.items() if isinstance(v, int | float)}
     metrics.update({f"recall.{c}": v for c, v in evaluation["per_class_recall"].items()})
     metrics.update({"macro_recall.ci_low": 0.2, "macro_recall.ci_high": 0.9})

@@ -41,7 +41,7 @@ def test_ci_lower_bound_must_reach_the_champion_when_there_is_a_ci():
     assert not wide.promoted and "CI lower bound 0.7000 is below champion v1" in wide.reason
     tight = decide(_ev("2", 0.85, ci=(0.81, 0.90)), champion, RegistryConfig())
     assert tight.promoted and tight.checks["ci"].startswith("pass")
-    # Without a CI (eval.json has none) the rule is skipped and says so.
+    # Without a CI (evaluate.json has none) the rule is skipped and says so.
     none = decide(_ev("2", 0.85), champion, RegistryConfig())
     assert none.promoted and none.checks["ci"] == "skipped: no CI recorded for the challenger"
     off = decide(_ev("2", 0.85, ci=(0.70, 0.95)), champion, RegistryConfig(ci_rule=False))

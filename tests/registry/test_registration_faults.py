@@ -23,7 +23,7 @@ def test_failure_after_the_version_exists_deletes_it_and_the_retry_succeeds(
     for part in ("outputs/train_encoder/model", "outputs/train_fusion/model", "metrics"):
         shutil.copytree(reproduced_project / part, root / part)
     example = next((reproduced_project / "data").rglob("*.png"))
-    evaluation = json.loads((root / "metrics/eval.json").read_text())
+    evaluation = json.loads((root / "metrics/evaluate.json").read_text())
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
     # The tracking server "drops" the first alias update, after the version was created.

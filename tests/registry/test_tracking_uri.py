@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import mlflow
 
-from histoflow.registry.mlflow_registry import tracking_uri, use_tracking_uri
+from histoflow.registry.tracking import tracking_uri, use_tracking_uri
 
 
 def test_a_projects_store_does_not_become_the_next_projects(tmp_path, monkeypatch):

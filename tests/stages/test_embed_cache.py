@@ -12,10 +12,10 @@ from safetensors import safe_open
 
 from histoflow.config import TrainEncoderConfig
 from histoflow.data.dataset import TileDataset, create_transform
+from histoflow.embeddings.store import SafetensorsStream, load_features
 from histoflow.models.checkpoint import load_encoder, model_fingerprint, save_model
 from histoflow.models.encoder import create_encoder_from_params, encode_images, encoder_description
 from histoflow.stages import get_stage
-from histoflow.stages._feature_store import SafetensorsStream, load_features
 from histoflow.stages.embed import Inputs, Outputs, run
 
 

@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from conftest import tiny_params_dict
-from histoflow.config import TrainEncoderConfig, parse_params
+from histoflow.config import parse_params
 from histoflow.stages import train_encoder, validate
 
 HISTOFLOW = str(Path(sys.executable).parent / "histoflow")
@@ -37,7 +37,7 @@ def validated(tmp_path_factory, tiny_data, tiny_params) -> Path:
         validate.Inputs(data=root / "data"),
         validate.Outputs(
             manifest=root / train_encoder.Inputs().manifest,
-            report=root / "reports/validation",
+            report=root / "reports/validate",
             metrics=root / "metrics/validate.json",
         ),
     )
@@ -73,34 +73,6 @@ def _stage(root: Path, **kwargs) -> subprocess.Popen:
     )
 
 
-def test_balanced_sampler_draws_classes_equally(tmp_path):
-    labels = [0] * 60 + [1] * 15 + [2] * 5  # 12 : 3 : 1
-    paths = [f"{i}.png" for i in range(len(labels))]  # never opened: only indices are drawn
-
-    def shares(balanced: bool) -> torch.Tensor:
-        p = TrainEncoderConfig(batch_size=16, balanced_sampler=balanced)
-        loader = train_encoder.train_loader(p, tmp_path, paths, labels, 32)
-        drawn = [labels[i] for _ in range(25) for batch in loader.batch_sampler for i in batch]
-        return torch.bincount(torch.tensor(drawn), minlength=3) / len(drawn)
-
-    torch.testing.assert_close(shares(True), torch.full((3,), 1 / 3), atol=0.04, rtol=0)
-    torch.testing.assert_close(
-        shares(False), torch.tensor([0.75, 0.1875, 0.0625]), atol=0.02, rtol=0
-    )
-
-
-def test_class_weighted_loss_weights_inverse_frequency():
-    from histoflow.models.encoder import create_encoder
-
-    p = TrainEncoderConfig(class_weighted_loss=True, label_smoothing=0.1)
-    module = train_encoder.build_module(p, create_encoder("test_resnet"), 2, [0] * 6 + [1] * 2)
-    torch.testing.assert_close(module.class_weights, torch.tensor([8 / 12, 8 / 4]))
-    unweighted = train_encoder.build_module(
-        TrainEncoderConfig(), create_encoder("test_resnet"), 2, [0] * 6 + [1] * 2
-    )
-    assert unweighted.class_weights is None
-
-
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_empty_split_is_named(validated, tmp_path, tiny_params, split):
     root = tmp_path / "p"
@@ -126,18 +98,6 @@ def test_non_finite_loss_names_step_and_images(validated, tmp_path):
     with pytest.raises(FloatingPointError, match=r"at step \d+ \(epoch \d, batch \d\).*\.png"):
         train_encoder.run(cfg, *_io(root))
     assert not (root / "outputs/train_encoder/model").exists()
-
-
-def test_resume_or_reset(tmp_path):
-    folder = tmp_path / "ckpt"
-    assert train_encoder._resume_or_reset(folder, "a", write=True) is None  # nothing yet
-    (folder / "last.ckpt").write_bytes(b"x")
-    assert train_encoder._resume_or_reset(folder, "a", write=True) == str(folder / "last.ckpt")
-    assert train_encoder._resume_or_reset(folder, "b", write=True) is None  # other config/data
-    assert not (folder / "last.ckpt").exists()
-    (folder / "last.ckpt").write_bytes(b"x")
-    (folder / "fingerprint.json").write_text(json.dumps({"fingerprint": "b", "complete": True}))
-    assert train_encoder._resume_or_reset(folder, "b", write=True) is None  # finished: fresh
 
 
 def test_killed_run_resumes_from_its_last_epoch(validated, tmp_path):

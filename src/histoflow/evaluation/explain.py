@@ -23,12 +23,14 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 from torchvision.transforms import v2
+from tqdm import tqdm
 
 from histoflow.data.images import load_rgb
+from histoflow.inference import ImageEmbedder
 from histoflow.io import atomic_path
 from histoflow.models.encoder import encode_images
 
-__all__ = ["explain_maps", "load_tiles", "select_tiles", "write_panels"]
+__all__ = ["explain_maps", "explain_tiles", "load_tiles", "select_tiles", "write_panels"]
 
 
 class _FusedModel(nn.Module):
@@ -202,6 +204,59 @@ def write_panels(
             }
         )
     return written
+
+
+def explain_tiles(
+    encoder_dir: Path,
+    fusion: nn.Module,
+    meta: dict,
+    tiles: pd.DataFrame,
+    text_tokens: torch.Tensor,
+    text_mask: torch.Tensor,
+    *,
+    data_root: Path,
+    out_dir: Path,
+    batch_size: int = 16,
+) -> list[dict]:
+    """Explain ``tiles`` through the whole model and write one panel PNG per true class.
+
+    Args:
+        encoder_dir: the trained encoder's model folder.
+        fusion: the deployed fusion network.
+        meta: the fusion model's description (``token_grid``, ``classes``).
+        tiles: rows of the predictions table to explain (``path``, ``label``, ``predicted``,
+            ``correct``, ``prob_<class>``), e.g. from :func:`select_tiles`.
+        text_tokens: (N, L, Dt) each tile's cached caption tokens, aligned with ``tiles``.
+        text_mask: (N, L) their mask.
+        data_root: the folder the tiles' paths are relative to.
+        out_dir: where the PNGs go.
+        batch_size: tiles per Grad-CAM pass.
+
+    Returns:
+        :func:`write_panels`'s list, for the report.
+    """
+    grid = int(meta["token_grid"])
+    embedder = ImageEmbedder(encoder_dir, grid, precision="32")
+    images = load_tiles(data_root, tiles["path"].tolist(), embedder.transform)
+    targets = [meta["classes"].index(c) for c in tiles["predicted"]]
+    net, device = fusion.to(embedder.device), embedder.device
+    maps: list = []
+    for s in tqdm(range(0, len(tiles), batch_size), desc="explain", unit="batch"):
+        batch = explain_maps(
+            embedder.encoder,
+            net,
+            grid,
+            images[s : s + batch_size].to(device),
+            text_tokens[s : s + batch_size].to(device),
+            text_mask[s : s + batch_size].to(device),
+            targets[s : s + batch_size],
+        )
+        maps = (
+            batch
+            if not maps
+            else [(n, np.concatenate([m0, m])) for (n, m0), (_, m) in zip(maps, batch, strict=True)]
+        )
+    return write_panels(tiles, images, maps, embedder.transform, out_dir)
 
 
 def load_tiles(root: Path, paths: Sequence[str], transform: v2.Compose) -> torch.Tensor:

@@ -1,8 +1,9 @@
-"""Metrics per group (magnification, site, modality, patient) and the cross-group protocol.
+"""Metrics per group (magnification, site, modality, patient) and the cross-group protocol's scores.
 
 The cross-group protocol is the BreakHis experiment: train a fusion head on one group's
 training images (e.g. 40x) and test it on every group's test images (100x, 200x, 400x, and 40x
-itself as the in-domain reference).
+itself as the in-domain reference). The head is trained by ``evaluate`` with
+:func:`histoflow.training.fusion.fit_on_group`; this module picks the group and scores.
 """
 
 from __future__ import annotations
@@ -11,16 +12,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
-from histoflow.config import CrossGroupConfig, TrainFusionConfig
-from histoflow.inference import fuse
+from histoflow.config import CrossGroupConfig
 from histoflow.metrics import bootstrap_ci, bootstrap_weights, headline_metrics
-from histoflow.models.ablations import create_classifier
-from histoflow.models.fit import feature_dataset, fit_classifier
-from histoflow.models.fusion import FusionConfig
 
-__all__ = ["GROUP_METRICS", "cross_group", "group_breakdowns"]
+__all__ = ["GROUP_METRICS", "cross_group_home", "cross_group_scores", "group_breakdowns"]
 
 GROUP_METRICS = ("accuracy", "balanced_accuracy", "macro_recall", "macro_f1", "auroc", "ece")
 
@@ -50,30 +46,17 @@ def group_breakdowns(
     return out
 
 
-def cross_group(
-    spec: CrossGroupConfig,
-    tensors: dict[str, torch.Tensor],
-    index: pd.DataFrame,
-    y: torch.Tensor,
-    net_cfg: FusionConfig,
-    train_cfg: TrainFusionConfig,
-    *,
-    resamples: int,
-    seed: int,
-    bins: int = 15,
-) -> dict:
-    """Train on ``spec.train_on``'s train/val rows; score every group's test rows.
+def cross_group_home(spec: CrossGroupConfig, index: pd.DataFrame) -> np.ndarray | str:
+    """The rows of the group the cross-group head trains on, or why the protocol is skipped.
 
     Returns:
-        ``column``, ``train_on``, ``n_train`` and ``groups`` {value: {n, in_domain, metrics...,
-        ci: {macro_recall: [low, high]}}}; or ``column`` and ``skipped`` (the reason) when the
-        manifest has no such column.
+        (N,) bool over ``index``'s rows, or a sentence (the manifest has no such column).
 
     Raises:
         ValueError: when ``train_on`` is not a value of the column, naming the values there are.
     """
     if spec.column not in index:
-        return {"column": spec.column, "skipped": f"the manifest has no column {spec.column!r}"}
+        return f"the manifest has no column {spec.column!r}"
     values = index[spec.column].astype("string")
     present = sorted(values.dropna().unique())
     if spec.train_on not in present:
@@ -81,34 +64,45 @@ def cross_group(
             f"evaluate.cross_group.train_on = {spec.train_on!r} is not a value of manifest column "
             f"{spec.column!r}; values there: {', '.join(present)}"
         )
-    home = (values == spec.train_on).fillna(False).to_numpy()
-    split = index["split"].to_numpy()
-    train = feature_dataset(tensors, y, home & (split == "train"))
-    val = feature_dataset(tensors, y, home & (split == "val"))
-    net = fit_classifier(create_classifier("fusion", net_cfg), train, val, train_cfg).net
-    test = split == "test"
-    rows = torch.from_numpy(test)
-    probs, _ = fuse(
-        net, tensors["image_tokens"][rows], tensors["text_tokens"][rows], tensors["text_mask"][rows]
-    )
-    y_test = y[rows].numpy()
-    test_values = values[test].reset_index(drop=True)
+    return (values == spec.train_on).fillna(False).to_numpy()
+
+
+def cross_group_scores(
+    values: pd.Series,
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    train_on: str,
+    *,
+    resamples: int,
+    seed: int,
+    bins: int = 15,
+) -> dict[str, dict]:
+    """Each group's test metrics for the head trained on ``train_on``.
+
+    Args:
+        values: (N,) each test row's group.
+        y_true: (N,) class indices.
+        probs: (N, C) the cross-group head's probabilities.
+        train_on: the group it trained on (marked ``in_domain``).
+        resamples: bootstrap resamples for the macro recall CI.
+        seed: of the resamples.
+        bins: confidence bins of the calibration error.
+
+    Returns:
+        {group: {n, in_domain, the :data:`GROUP_METRICS`, ci: {macro_recall: [low, high]}}}.
+    """
+    values = values.astype("string").reset_index(drop=True)
     groups = {}
-    for g in sorted(test_values.dropna().unique()):
-        m = (test_values == g).fillna(False).to_numpy()
+    for g in sorted(values.dropna().unique()):
+        m = (values == g).fillna(False).to_numpy()
         stats = {
-            k: float(v[0]) for k, v in headline_metrics(y_test[m], probs[m], bins=bins).items()
+            k: float(v[0]) for k, v in headline_metrics(y_true[m], probs[m], bins=bins).items()
         }
-        ci = bootstrap_ci(y_test[m], probs[m], bootstrap_weights(int(m.sum()), resamples, seed))
+        ci = bootstrap_ci(y_true[m], probs[m], bootstrap_weights(int(m.sum()), resamples, seed))
         groups[str(g)] = {
             "n": int(m.sum()),
-            "in_domain": g == spec.train_on,
+            "in_domain": g == train_on,
             **{k: stats[k] for k in GROUP_METRICS},
             "ci": {"macro_recall": ci["macro_recall"]},
         }
-    return {
-        "column": spec.column,
-        "train_on": spec.train_on,
-        "n_train": len(train),
-        "groups": groups,
-    }
+    return groups

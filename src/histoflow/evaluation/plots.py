@@ -14,15 +14,59 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from histoflow.io import atomic_path
+from histoflow.io import atomic_dir, atomic_path
 
 __all__ = [
+    "PLOT_ORDER",
     "plot_confusion_matrix",
     "plot_probability_histograms",
     "plot_reliability",
     "plot_roc_pr",
     "plot_training_curves",
+    "write_plots",
 ]
+
+
+# The report shows these first, then the rest by name.
+PLOT_ORDER = ("confusion_matrix.png", "roc_pr_curves.png", "reliability.png")
+
+
+def write_plots(
+    folder: Path,
+    confusion_matrix: Sequence[Sequence[int]],
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    classes: Sequence[str],
+    histories: dict[str, pd.DataFrame],
+    *,
+    bins: int = 15,
+) -> list[Path]:
+    """Every evaluation plot, into a fresh ``folder`` that replaces the old one only when all
+    are written.
+
+    Args:
+        folder: the plots folder.
+        confusion_matrix: (C, C) counts, rows = true class.
+        y_true: (N,) class indices.
+        probs: (N, C) probabilities.
+        classes: the C class names.
+        histories: training curves by model name (epoch, losses, val macro recall); none = no
+            training-curve plot.
+        bins: confidence bins of the reliability diagram.
+
+    Returns:
+        The PNG paths, in :data:`PLOT_ORDER` first.
+    """
+    with atomic_dir(folder) as tmp:
+        plot_confusion_matrix(confusion_matrix, classes, tmp / "confusion_matrix.png")
+        plot_roc_pr(y_true, probs, classes, tmp / "roc_pr_curves.png")
+        plot_reliability(y_true, probs, tmp / "reliability.png", bins=bins)
+        plot_probability_histograms(y_true, probs, classes, tmp / "probability_histograms.png")
+        if histories:
+            plot_training_curves(histories, tmp / "training_curves.png")
+        names = sorted(f.name for f in tmp.glob("*.png"))
+    names.sort(key=lambda n: (PLOT_ORDER.index(n) if n in PLOT_ORDER else len(PLOT_ORDER), n))
+    return [Path(folder) / n for n in names]
 
 
 def plot_confusion_matrix(

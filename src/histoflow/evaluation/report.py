@@ -45,7 +45,7 @@ def write_report(
 
     Args:
         out_dir: the report folder (replaced as a whole).
-        metrics: ``eval.json``'s content.
+        metrics: ``evaluate.json``'s content.
         plots: PNG files to show, copied into ``img/``.
         panels: explainability panels from :func:`~histoflow.evaluation.explain.write_panels`.
         panels_dir: the folder holding the panels' files.

@@ -1,4 +1,7 @@
-"""Models: the timm encoder factory, the fusion network (pure torch), their Lightning training
-wiring, and safetensors model folders."""
+"""Pure torch networks and their factories: image encoders (timm, foundation models, hybrids),
+the cross-attention fusion network and its ablations, and safetensors model folders.
 
-__all__ = ["checkpoint", "encoder", "fusion", "lightning"]
+Training them is :mod:`histoflow.training`'s job. Import the submodule you need.
+"""
+
+__all__ = ["ablations", "checkpoint", "encoder", "foundation", "fusion", "hybrid"]

@@ -21,11 +21,13 @@ import timm
 import torch
 from torch import nn
 
+from histoflow.config import TrainEncoderConfig
 from histoflow.data.dataset import IMAGENET_MEAN, IMAGENET_STD
 from histoflow.models._common import encode_timm
 from histoflow.models.foundation import (
     PRESETS,
     WEIGHT_SUFFIXES,
+    Preset,
     TransformersEncoder,
     load_state_dict_file,
     verify_weights,
@@ -64,11 +66,11 @@ def create_encoder(name: str, *, pretrained: bool = False, **kwargs) -> nn.Modul
         ) from None
 
 
-def create_encoder_from_params(p) -> nn.Module:
+def create_encoder_from_params(p: TrainEncoderConfig) -> nn.Module:
     """The encoder ``train_encoder`` params describe, with its weights.
 
     Args:
-        p: a :class:`histoflow.config.TrainEncoderConfig`.
+        p: the ``train_encoder`` params.
 
     Raises:
         ValueError: unknown names (with close matches), a weights file whose sha256 differs
@@ -113,7 +115,7 @@ def build_encoder(spec: dict) -> nn.Module:
     )
 
 
-def encoder_description(p, encoder: nn.Module) -> dict:
+def encoder_description(p: TrainEncoderConfig, encoder: nn.Module) -> dict:
     """What ``model.json`` records about the encoder: spec, widths and normalisations.
 
     ``mean``/``std`` are what the encoder's input must be normalised with (ImageNet, the
@@ -160,7 +162,7 @@ def encode_images(
     return encode_timm(encoder, images, grid)
 
 
-def _timm_from_params(p, preset) -> nn.Module:
+def _timm_from_params(p: TrainEncoderConfig, preset: Preset | None) -> nn.Module:
     kwargs = dict(p.timm_kwargs)
     name = p.backbone
     if name.startswith(_HUB_PREFIXES):
@@ -190,7 +192,7 @@ def _timm_from_params(p, preset) -> nn.Module:
     return _tag(_single(model, spec), spec)
 
 
-def _transformers_from_params(p, preset) -> nn.Module:
+def _transformers_from_params(p: TrainEncoderConfig, preset: Preset | None) -> nn.Module:
     from transformers import AutoModel
 
     pooling = p.pooling or (preset.pooling if preset else "cls")

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from histoflow.config import TrainFusionConfig
 
 __all__ = ["FusionConfig", "FusionNet", "head_disagreement"]
 
 
 @dataclass(frozen=True)
 class FusionConfig:
+    """The fusion network's shape: input widths from the features, the rest from params."""
+
     image_dim: int
     text_dim: int
     image_tokens: int
@@ -25,7 +31,32 @@ class FusionConfig:
     # image tokens in every block. Older model folders have no key and load as one_way.
     attention: str = "one_way"
 
+    @classmethod
+    def from_params(
+        cls,
+        p: TrainFusionConfig,
+        *,
+        image_dim: int,
+        text_dim: int,
+        image_tokens: int,
+        num_classes: int,
+    ) -> FusionConfig:
+        """The network ``train_fusion`` params describe, for features of the given widths."""
+        return cls(
+            image_dim=image_dim,
+            text_dim=text_dim,
+            image_tokens=image_tokens,
+            num_classes=num_classes,
+            width=p.width,
+            layers=p.layers,
+            heads=p.heads,
+            dropout=p.dropout,
+            classifier_heads=p.classifier_heads,
+            attention=p.attention,
+        )
+
     def to_dict(self) -> dict:
+        """The fields as a plain dict (what ``model.json`` records)."""
         return asdict(self)
 
 

@@ -1,7 +1,5 @@
 """Monitoring: drift of new batches against the champion's reference (features, embeddings,
-predictions, performance), the inbox of batches, and the actions taken on drift."""
+predictions, performance), the reference itself, the inbox of batches, and the actions taken
+on drift. Import the submodule you need (Evidently takes seconds to import)."""
 
-from histoflow.monitoring.drift import drift_report
-from histoflow.monitoring.report import MonitorData, monitoring_report
-
-__all__ = ["MonitorData", "drift_report", "monitoring_report"]
+__all__ = ["actions", "data", "inbox", "performance", "reference", "report", "signals"]

@@ -1,16 +1,18 @@
-"""Model registry: MLflow tracking, registration, gated promotion, rollback and the model card."""
+"""Model registry: the one adapter to MLflow.
+
+Tracking set-up and retries (:mod:`.tracking`), run logging and registration
+(:mod:`.mlflow_registry`), registering a finished pipeline run (:mod:`.registration`), gated
+promotion and rollback (:mod:`.promotion`), the model card and the pyfunc model.
+"""
 
 from histoflow.registry.mlflow_registry import (
     CHALLENGER,
     CHAMPION,
-    RegistryUnavailable,
-    configure_tracking,
-    git_commit,
+    RegisteredModel,
     load_model,
     log_and_register,
     log_monitoring,
     registered_version_with,
-    tracking_uri,
 )
 from histoflow.registry.model_card import render_model_card
 from histoflow.registry.promotion import (
@@ -23,6 +25,14 @@ from histoflow.registry.promotion import (
     rollback,
     status,
 )
+from histoflow.registry.registration import Registration, TrainingRun, register_run
+from histoflow.registry.tracking import (
+    RegistryUnavailable,
+    configure_tracking,
+    evaluation_metrics,
+    git_commit,
+    tracking_uri,
+)
 
 __all__ = [
     "CHALLENGER",
@@ -30,15 +40,20 @@ __all__ = [
     "Decision",
     "Evidence",
     "PromotionLockTimeout",
+    "RegisteredModel",
+    "Registration",
     "RegistryUnavailable",
+    "TrainingRun",
     "configure_tracking",
     "decide",
+    "evaluation_metrics",
     "git_commit",
     "load_model",
     "log_and_register",
     "log_monitoring",
     "promote",
     "promote_by_hand",
+    "register_run",
     "registered_version_with",
     "render_model_card",
     "rollback",

@@ -15,7 +15,12 @@ from pathlib import Path
 import mlflow
 
 from histoflow.config import Params
-from histoflow.registry.mlflow_registry import configure_tracking, git_commit
+from histoflow.registry.tracking import (
+    configure_tracking,
+    evaluation_metrics,
+    flatten_params,
+    git_commit,
+)
 
 __all__ = ["experiment_name", "log_experiment", "project_root"]
 
@@ -43,16 +48,8 @@ def log_experiment(cfg: Params, metrics: dict, name: str, root: Path | None = No
     """Log one DVC experiment (params and headline metrics) as an MLflow run; returns its id."""
     root = project_root(root)
     experiment_id = configure_tracking(root, cfg.registry.experiment)
-    params = _flatten(cfg.model_dump(mode="json", by_alias=True))
-    scalars = {
-        k: float(v)
-        for k, v in metrics.items()
-        if isinstance(v, int | float) and not isinstance(v, bool)
-    }
-    for cls, recall in (metrics.get("per_class_recall") or {}).items():
-        scalars[f"recall.{cls}"] = float(recall)
-    for metric, bounds in (metrics.get("ci") or {}).items():
-        scalars[f"{metric}.ci_low"], scalars[f"{metric}.ci_high"] = map(float, bounds)
+    params = flatten_params(cfg.model_dump(mode="json", by_alias=True))
+    scalars = evaluation_metrics(metrics)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"dvc-exp-{name}") as run:
         # MLflow caps a batch at 100 params; log in chunks.
         items = sorted(params.items())
@@ -68,13 +65,3 @@ def log_experiment(cfg: Params, metrics: dict, name: str, root: Path | None = No
             }
         )
         return run.info.run_id
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
-    flat: dict[str, str] = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = str(value)
-    return flat

@@ -1,139 +1,51 @@
-"""The one adapter to MLflow: tracking set-up, run logging and registration with retries.
+"""Logging runs and registering models in MLflow, with retries; loading a registered model.
 
-Promotion (the rules, the champion lock, rollback) is in :mod:`histoflow.registry.promotion`.
+Tracking set-up and retries are in :mod:`histoflow.registry.tracking`; promotion (the rules,
+the champion lock, rollback) in :mod:`histoflow.registry.promotion`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
 import tempfile
-import time
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING
 
 import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from histoflow.config import Params, RegistryConfig
+from histoflow.config import Params
 from histoflow.registry._provenance import environment_tags, frozen_requirements, machine_tags
 from histoflow.registry.pyfunc import MODEL_CODE, encode_image_file, model_signature
+from histoflow.registry.tracking import (
+    configure_tracking,
+    flatten_params,
+    tracking_uri,
+    use_tracking_uri,
+    with_retries,
+)
+
+if TYPE_CHECKING:
+    from histoflow.inference import Predictor
 
 __all__ = [
     "CHALLENGER",
     "CHAMPION",
-    "RegistryUnavailable",
-    "configure_tracking",
-    "git_commit",
-    "is_transient",
+    "REGISTRATION",
+    "RegisteredModel",
     "load_model",
     "log_and_register",
     "log_monitoring",
-    "tracking_uri",
-    "with_retries",
+    "registered_version_with",
 ]
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 # A version carries REGISTRATION=incomplete from its creation until its tags and alias are set:
 # a version left behind by a crash is never promotable.
 REGISTRATION = "registration"
-
-T = TypeVar("T")
-
-
-class RegistryUnavailable(RuntimeError):
-    """The tracking server could not be reached after every retry."""
-
-
-def tracking_uri(root: Path) -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else the embedded default: SQLite under ``root/mlruns``."""
-    return (
-        os.environ.get("MLFLOW_TRACKING_URI")
-        or f"sqlite:///{(Path(root) / 'mlruns' / 'mlflow.db').resolve()}"
-    )
-
-
-def use_tracking_uri(uri: str) -> None:
-    """Point this process's MLflow client at ``uri``, leaving the environment as it was.
-
-    ``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI``. Left there, the first
-    project's store would silently become every later project's in the same process (a Prefect
-    worker serving several projects) and in every child process it starts; only a URI the user
-    set belongs in the environment.
-    """
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    if before is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
-
-
-def configure_tracking(root: Path, experiment: str) -> str:
-    """Point MLflow at the tracking store and make sure ``experiment`` exists; returns its id."""
-    uri = tracking_uri(root)
-    use_tracking_uri(uri)
-    # histoflow retries whole operations itself (registry.retries); MLflow's own per-request
-    # retries (7, exponential) would turn a dead server into minutes of silence per call.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    if uri.startswith("sqlite:"):
-        (Path(root) / "mlruns").mkdir(parents=True, exist_ok=True)
-    existing = mlflow.get_experiment_by_name(experiment)
-    if existing is not None:
-        return existing.experiment_id
-    # With the embedded store, artifacts live beside the database, not in the working directory.
-    location = (
-        (Path(root) / "mlruns" / "artifacts").resolve().as_uri()
-        if uri.startswith("sqlite:")
-        else None
-    )
-    return mlflow.create_experiment(experiment, artifact_location=location)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether ``exc`` looks like an unreachable or overloaded server (worth a retry)."""
-    if isinstance(exc, ConnectionError | TimeoutError):
-        return True
-    text = str(exc)
-    markers = ("Max retries exceeded", "Connection refused", "Connection aborted", "timed out")
-    if isinstance(exc, MlflowException):
-        code = getattr(exc, "error_code", "")
-        return code in ("TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED") or any(
-            m in text for m in markers
-        )
-    return type(exc).__module__.startswith(("requests", "urllib3")) or any(
-        m in text for m in markers
-    )
-
-
-def with_retries(fn: Callable[[], T], cfg: RegistryConfig, what: str, uri: str) -> T:
-    """Call ``fn``; retry transient failures ``cfg.retries`` times with exponential backoff.
-
-    Raises:
-        RegistryUnavailable: every attempt failed with a transient error.
-    """
-    delay, start = cfg.retry_backoff_s, time.monotonic()
-    for attempt in range(cfg.retries + 1):
-        try:
-            return fn()
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            last = exc
-            if attempt < cfg.retries:
-                time.sleep(delay)
-                delay *= 2
-    raise RegistryUnavailable(
-        f"{what}: MLflow at {uri} did not answer after {cfg.retries + 1} attempts over "
-        f"{time.monotonic() - start:.0f} s ({str(last).splitlines()[0][:300]}). No usable version "
-        "was registered (a version created before a failure is deleted, or stays tagged "
-        "registration=incomplete and is never promoted); start the tracking server (or unset "
-        "MLFLOW_TRACKING_URI) and run again."
-    ) from last
 
 
 def log_and_register(
@@ -193,7 +105,7 @@ def _log_and_register_once(
     version = None
     run = mlflow.start_run(experiment_id=experiment_id)
     try:
-        mlflow.log_params(_flatten(params.model_dump(mode="json", by_alias=True)))
+        mlflow.log_params(flatten_params(params.model_dump(mode="json", by_alias=True)))
         mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})  # NaN metrics are skipped
         mlflow.set_tags({**tags, **machine_tags(), **environment_tags()})
         mlflow.log_text(frozen_requirements(), "environment/requirements.txt")
@@ -307,17 +219,46 @@ def log_monitoring(root: Path, experiment: str, summary: dict, out_dir: Path) ->
     return run.info.run_id
 
 
-def load_model(uri: str, root: Path):
-    """Load a registered pyfunc; a clear error when it does not exist."""
+@dataclass(frozen=True)
+class RegisteredModel:
+    """A registered model, loaded: its inference path and its monitoring reference.
+
+    Attributes:
+        uri: what was loaded, e.g. ``models:/histoflow@champion``.
+        predictor: the one inference entry (:class:`histoflow.inference.Predictor`) that the
+            pyfunc, ``histoflow predict`` and monitoring all use.
+        reference: the monitoring reference folder registered with it (None for models
+            registered before references existed).
+        reference_predictions: its test-split predictions, the prediction reference.
+    """
+
+    uri: str
+    predictor: Predictor
+    reference: Path | None
+    reference_predictions: Path | None
+
+
+def load_model(uri: str, root: Path) -> RegisteredModel:
+    """Load a registered model; a clear error when it does not exist.
+
+    Raises:
+        FileNotFoundError: no such model in the project's tracking store.
+    """
     use_tracking_uri(tracking_uri(root))
     try:
-        return mlflow.pyfunc.load_model(uri)
+        model = mlflow.pyfunc.load_model(uri).unwrap_python_model()
     except (MlflowException, OSError) as exc:
         raise FileNotFoundError(
             f"model {uri!r} could not be loaded from {tracking_uri(root)}: {str(exc).splitlines()[0]}. "
             "Train and register one with `histoflow run`, or pass --model with an existing URI "
             "(e.g. models:/histoflow/1 or runs:/<run_id>/model)."
         ) from None
+    return RegisteredModel(
+        uri=uri,
+        predictor=model.predictor,
+        reference=model.reference.get("reference"),
+        reference_predictions=model.reference.get("reference_predictions"),
+    )
 
 
 def _requirement() -> str:
@@ -327,31 +268,3 @@ def _requirement() -> str:
         return f"histoflow=={version('histoflow')}"
     except PackageNotFoundError:
         return "histoflow"
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
-    flat: dict[str, str] = {}
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = str(value)
-    return flat
-
-
-def git_commit(root: Path) -> str:
-    """The current commit of ``root``, with ``-dirty`` when the work tree has changes."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        return "unknown"
-    return head + ("-dirty" if dirty else "")

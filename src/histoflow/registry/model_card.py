@@ -22,7 +22,7 @@ def render_model_card(
     """Markdown: data, classes, metrics with CIs, per-class and per-group breakdowns, use, limits.
 
     Args:
-        evaluation: ``metrics/eval.json`` (``ci`` and ``by_group`` are optional).
+        evaluation: ``metrics/evaluate.json`` (``ci`` and ``by_group`` are optional).
         params: the run's parameters.
         manifest: the validated manifest (``label``, ``split``, optional ``patient_id``).
         git_commit: the code's commit.

@@ -4,7 +4,7 @@ Rules (``params.yaml`` ``registry``), checked in this order:
 
 1. ``floor``: no class recall of the challenger below ``min_class_recall``;
 2. ``margin``: the challenger's ``metric`` beats the champion's by more than ``min_improvement``;
-3. ``ci``: where the challenger has a CI for ``metric`` (``eval.json`` ``ci``), its lower bound
+3. ``ci``: where the challenger has a CI for ``metric`` (``evaluate.json`` ``ci``), its lower bound
    is not below the champion's point value (skipped, and said so, without one).
 
 Every change of ``champion`` happens under a registry-wide lock and re-reads the champion inside
@@ -30,13 +30,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from histoflow.config import RegistryConfig
-from histoflow.registry.mlflow_registry import (
-    CHALLENGER,
-    CHAMPION,
-    REGISTRATION,
-    tracking_uri,
-    use_tracking_uri,
-)
+from histoflow.registry.mlflow_registry import CHALLENGER, CHAMPION, REGISTRATION
+from histoflow.registry.tracking import tracking_uri, use_tracking_uri
 
 __all__ = [
     "Decision",

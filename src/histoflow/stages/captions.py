@@ -43,12 +43,16 @@ _BatchCaptioner = Callable[[Sequence[Image.Image], Sequence[dict]], list[str]]
 
 @dataclass(frozen=True)
 class Inputs:
+    """The images and the validated manifest."""
+
     data: Path = Path("data")
     manifest: Path = Path("outputs/validate/manifest.parquet")
 
 
 @dataclass(frozen=True)
 class Outputs:
+    """The captions table and the caption gallery."""
+
     captions: Path = Path("outputs/captions/captions.csv")
     gallery: Path = Path("reports/captions")
 

@@ -1,4 +1,8 @@
-"""Stage ``embed``: cache image tokens from the trained encoder and caption tokens from the text encoder."""
+"""Stage ``embed``: cache image tokens from the trained encoder and caption tokens from the text encoder.
+
+Writes the feature store (:mod:`histoflow.embeddings.store`) that ``train_fusion``,
+``evaluate`` and ``reference`` read.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +12,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from histoflow.captions.text import TextEncoder
-from histoflow.captions.text_cache import encode_cached
-from histoflow.config import EmbedConfig, Params
-from histoflow.data.dataset import TileDataset
+from histoflow.config import Params
 from histoflow.data.manifest import read_manifest
-from histoflow.inference import ImageEmbedder
 from histoflow.io import atomic_dir
-from histoflow.models.checkpoint import model_fingerprint
-from histoflow.stages._feature_store import ImageEmbeddingCache, SafetensorsStream
 
 __all__ = ["PARAMS", "Inputs", "Outputs", "run"]
 
@@ -32,6 +27,8 @@ _WRITE_ROWS = 1024  # rows per streamed write: bounds memory (1024 x 16 x 2048 f
 
 @dataclass(frozen=True)
 class Inputs:
+    """The images, the validated manifest, the captions and the trained encoder."""
+
     data: Path = Path("data")
     manifest: Path = Path("outputs/validate/manifest.parquet")
     captions: Path = Path("outputs/captions/captions.csv")
@@ -40,6 +37,8 @@ class Inputs:
 
 @dataclass(frozen=True)
 class Outputs:
+    """The feature store folder."""
+
     features: Path = Path("outputs/embed")
 
 
@@ -50,6 +49,16 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     checkpoint's sha256, token grid and precision); the output file is streamed batch by
     batch, so memory stays bounded whatever the number of images.
     """
+    # torch and the encoders load here, not at import: flows read Outputs without them.
+    import numpy as np
+
+    from histoflow.captions.text import TextEncoder
+    from histoflow.captions.text_cache import encode_cached
+    from histoflow.embeddings.cache import ImageEmbeddingCache, embed_missing
+    from histoflow.embeddings.store import FEATURES_FILE, INDEX_FILE, SafetensorsStream
+    from histoflow.inference import ImageEmbedder
+    from histoflow.models.checkpoint import model_fingerprint
+
     p = cfg.embed
     manifest = read_manifest(inputs.manifest)
     captions = read_manifest(inputs.captions).set_index("path")["caption"]
@@ -70,7 +79,15 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     key = f"{encoder_sha}|grid={p.token_grid}|bf16={embedder.bf16}"
     cache = ImageEmbeddingCache(outputs.features.parent / ".image_embedding_cache.sqlite", key)
     try:
-        n_new_images = _embed_missing(embedder, cache, inputs.data, paths, hashes, p)
+        n_new_images = embed_missing(
+            embedder,
+            cache,
+            inputs.data,
+            paths,
+            hashes,
+            batch_size=p.batch_size,
+            num_workers=p.num_workers,
+        )
         # Captions run where the images do, at the same precision (bf16 on AMX: about 2x).
         text_encoder = TextEncoder(
             p.text_model,
@@ -108,7 +125,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         }
         n_new_texts = 0
         with atomic_dir(outputs.features) as tmp:
-            with SafetensorsStream(tmp / "features.safetensors", layout, metadata) as out:
+            with SafetensorsStream(tmp / FEATURES_FILE, layout, metadata) as out:
                 for s in range(0, n, _WRITE_ROWS):
                     pooled, tokens = cache.get(hashes[s : s + _WRITE_ROWS])
                     out.write("image_pooled", s, pooled)
@@ -125,7 +142,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
                     out.write("text_pooled", s, text.pooled.half().numpy())
                     out.write("text_tokens", s, text.tokens.half().numpy())
                     out.write("text_mask", s, text.mask.numpy())
-            manifest.assign(caption=texts).to_csv(tmp / "index.csv", index=False)
+            manifest.assign(caption=texts).to_csv(tmp / INDEX_FILE, index=False)
     finally:
         cache.close()
     return {
@@ -140,39 +157,6 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         "precision": "bf16" if embedder.bf16 else "32",
         "device": embedder.device.type,
     }
-
-
-def _embed_missing(
-    embedder: ImageEmbedder,
-    cache: ImageEmbeddingCache,
-    root: Path,
-    paths: list[str],
-    hashes: list[str],
-    p: EmbedConfig,
-) -> int:
-    """Embed the distinct images ``cache`` lacks, batch by batch; return how many."""
-    todo = cache.missing(hashes)
-    if not todo:
-        return 0
-    first_path = dict(zip(reversed(hashes), reversed(paths), strict=True))  # hash -> first path
-    loader = DataLoader(
-        TileDataset(root, [first_path[h] for h in todo], None, embedder.transform),
-        batch_size=p.batch_size,
-        num_workers=p.num_workers,
-        pin_memory=embedder.device.type == "cuda",
-        prefetch_factor=4 if p.num_workers else None,
-        # Workers forked from a process with threads (a Prefect or browser session in the same
-        # interpreter) can die at start; a forkserver starts them from a clean process.
-        multiprocessing_context="forkserver" if p.num_workers else None,
-    )
-    done = 0
-    with tqdm(total=len(todo), desc="embed images", unit="img") as bar:
-        for images, _ in loader:
-            pooled, tokens = embedder.embed_tensor(images)  # (B, D), (B, T, Dt)
-            cache.put(todo[done : done + len(images)], pooled.numpy(), tokens.numpy())
-            done += len(images)
-            bar.update(len(images))
-    return done
 
 
 def _image_hashes(root: Path, manifest: pd.DataFrame) -> list[str]:

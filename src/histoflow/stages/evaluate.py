@@ -1,8 +1,11 @@
 """Stage ``evaluate``: the test split, scored with confidence intervals, explained and reported.
 
-Writes ``metrics/eval.json`` (headline metrics with bootstrap CIs, per class, per group, the
+Writes ``metrics/evaluate.json`` (headline metrics with bootstrap CIs, per class, per group, the
 ablation table and the cross-group table), ``predictions.csv``, ``summary.csv``, PNG plots, and
-the HTML report ``reports/evaluation/index.html``.
+the HTML report ``reports/evaluate/index.html``.
+
+torch, grad-cam and matplotlib load when the stage runs, not at import: flows read this
+module's ``Outputs`` without paying for them.
 """
 
 from __future__ import annotations
@@ -13,15 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from tqdm import tqdm
 
 from histoflow.config import Params
-from histoflow.evaluation import explain, plots
-from histoflow.evaluation.groups import cross_group, group_breakdowns
+from histoflow.embeddings.store import feature_dims, load_features
+from histoflow.evaluation.groups import cross_group_home, cross_group_scores, group_breakdowns
 from histoflow.evaluation.report import write_report
-from histoflow.inference import ImageEmbedder, fuse
-from histoflow.io import atomic_dir, atomic_path, write_json
+from histoflow.io import atomic_path, write_json
 from histoflow.metrics import (
     HEADLINE,
     bootstrap_ci,
@@ -29,9 +29,6 @@ from histoflow.metrics import (
     classification_metrics,
     paired_difference,
 )
-from histoflow.models.ablations import load_classifier
-from histoflow.stages._feature_store import load_features
-from histoflow.stages.train_fusion import fusion_config
 
 __all__ = ["PARAMS", "Inputs", "Outputs", "run"]
 
@@ -41,6 +38,8 @@ PARAMS = ("evaluate", "data.group_columns", "train_fusion")
 
 @dataclass(frozen=True)
 class Inputs:
+    """The images (for explanation panels), the features and every trained model."""
+
     data: Path = Path("data")
     features: Path = Path("outputs/embed")
     encoder: Path = Path("outputs/train_encoder/model")
@@ -53,16 +52,23 @@ class Inputs:
 
 @dataclass(frozen=True)
 class Outputs:
-    metrics: Path = Path("metrics/eval.json")
+    """Metrics, predictions and tables, plots and the report."""
+
+    metrics: Path = Path("metrics/evaluate.json")
     predictions: Path = Path("outputs/evaluate/predictions.csv")
     summary: Path = Path("outputs/evaluate/summary.csv")
     breakdowns: Path = Path("outputs/evaluate/breakdowns.csv")
     plots: Path = Path("outputs/evaluate/plots")
-    report: Path = Path("reports/evaluation")
+    report: Path = Path("reports/evaluate")
 
 
 def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     """Score the deployed model and its ablations on the test split; write metrics and report."""
+    import torch
+
+    from histoflow.evaluation.plots import write_plots
+    from histoflow.models.ablations import load_classifier
+
     p = cfg.evaluate
     tensors, _, index = load_features(inputs.features)
     net, meta = load_classifier(inputs.fusion)
@@ -96,17 +102,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     metrics["by_group"] = {g: breakdowns[g] for g in groups}
     if p.cross_group is not None:
         y_all = torch.tensor([classes.index(c) for c in index["label"]])
-        metrics["cross_group"] = cross_group(
-            p.cross_group,
-            tensors,
-            index,
-            y_all,
-            fusion_config(cfg, tensors, len(classes)),
-            cfg.train_fusion,
-            resamples=p.bootstrap,
-            seed=p.seed,
-            bins=p.ece_bins,
-        )
+        metrics["cross_group"] = _cross_group(cfg, tensors, index, y_all, len(classes))
 
     predictions = _predictions(table, probs, unc, classes, y_true, groups + extra)
     with atomic_path(outputs.predictions) as tmp:
@@ -116,7 +112,15 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     with atomic_path(outputs.breakdowns) as tmp:
         _long_breakdowns(breakdowns).to_csv(tmp, index=False)
 
-    pngs = _plots(metrics, y_true, probs, classes, inputs, outputs.plots, p.ece_bins)
+    pngs = write_plots(
+        outputs.plots,
+        metrics["confusion_matrix"],
+        y_true,
+        probs,
+        classes,
+        _histories(inputs),
+        bins=p.ece_bins,
+    )
     with tempfile.TemporaryDirectory(prefix="histoflow-explain-") as panel_dir:
         panels = _explain(cfg, inputs, net, meta, tensors, test, predictions, Path(panel_dir))
         saved = _eval_json(metrics, breakdowns)
@@ -133,7 +137,46 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     return result
 
 
+def _cross_group(cfg: Params, tensors: dict, index: pd.DataFrame, y_all, num_classes: int) -> dict:
+    """The cross-group protocol: a fusion head trained on one group, scored on every group."""
+    from histoflow.models.ablations import create_classifier
+    from histoflow.models.fusion import FusionConfig
+    from histoflow.training.fusion import fit_on_group
+
+    spec, p = cfg.evaluate.cross_group, cfg.evaluate
+    home = cross_group_home(spec, index)
+    if isinstance(home, str):
+        return {"column": spec.column, "skipped": home}
+    net_cfg = FusionConfig.from_params(
+        cfg.train_fusion, num_classes=num_classes, **feature_dims(tensors)
+    )
+    split = index["split"].to_numpy()
+    net = fit_on_group(
+        create_classifier("fusion", net_cfg), tensors, y_all, split, home, cfg.train_fusion
+    ).net
+    test = split == "test"
+    probs, _ = _score(net, tensors, test, p.batch_size)
+    return {
+        "column": spec.column,
+        "train_on": spec.train_on,
+        "n_train": int((home & (split == "train")).sum()),
+        "groups": cross_group_scores(
+            index.loc[test, spec.column],
+            y_all[test].numpy(),
+            probs,
+            spec.train_on,
+            resamples=p.bootstrap,
+            seed=p.seed,
+            bins=p.ece_bins,
+        ),
+    }
+
+
 def _score(net, tensors, rows: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    import torch
+
+    from histoflow.inference import fuse
+
     r = torch.from_numpy(rows)
     return fuse(
         net,
@@ -203,66 +246,44 @@ def _long_breakdowns(breakdowns: dict) -> pd.DataFrame:
     )
 
 
-def _plots(metrics, y_true, probs, classes, inputs: Inputs, folder: Path, bins: int) -> list[Path]:
-    """The PNGs, written into a fresh folder that replaces the old one only when all are done."""
-    with atomic_dir(folder) as tmp:
-        plots.plot_confusion_matrix(
-            metrics["confusion_matrix"], classes, tmp / "confusion_matrix.png"
-        )
-        plots.plot_roc_pr(y_true, probs, classes, tmp / "roc_pr_curves.png")
-        plots.plot_reliability(y_true, probs, tmp / "reliability.png", bins=bins)
-        plots.plot_probability_histograms(
-            y_true, probs, classes, tmp / "probability_histograms.png"
-        )
-        histories = {
-            name: pd.read_csv(path)
-            for name, path in (
-                ("encoder", inputs.encoder_history),
-                ("fusion", inputs.fusion_history),
-                *((kind, d / "history.csv") for kind, d in _ablation_folders(inputs.ablations)),
-            )
-            if Path(path).is_file() and Path(path).stat().st_size > 1
-        }
-        if histories:
-            plots.plot_training_curves(histories, tmp / "training_curves.png")
-        names = sorted(f.name for f in tmp.glob("*.png"))
-    order = ["confusion_matrix.png", "roc_pr_curves.png", "reliability.png"]
-    names.sort(key=lambda n: (order.index(n) if n in order else len(order), n))
-    return [folder / n for n in names]
+def _histories(inputs: Inputs) -> dict[str, pd.DataFrame]:
+    """Every model's training curve that exists (an empty CSV has none)."""
+    paths = (
+        ("encoder", inputs.encoder_history),
+        ("fusion", inputs.fusion_history),
+        *((kind, d / "history.csv") for kind, d in _ablation_folders(inputs.ablations)),
+    )
+    return {
+        name: pd.read_csv(path)
+        for name, path in paths
+        if Path(path).is_file() and Path(path).stat().st_size > 1
+    }
 
 
 def _explain(cfg, inputs, net, meta, tensors, test, predictions, out_dir: Path) -> list[dict]:
     """Grad-CAM / rollout panels for a few correct and wrong test tiles per class."""
-    per_class = cfg.evaluate.explain_per_class
-    if per_class == 0:
+    import torch
+
+    from histoflow.evaluation.explain import explain_tiles, select_tiles
+
+    if cfg.evaluate.explain_per_class == 0:
         return []
-    tiles = explain.select_tiles(predictions, per_class)
-    embedder = ImageEmbedder(inputs.encoder, int(meta["token_grid"]), precision="32")
-    rows = np.flatnonzero(test)[tiles.index.to_numpy()]  # positions in the features index
-    images = explain.load_tiles(inputs.data, tiles["path"].tolist(), embedder.transform)
-    targets = [meta["classes"].index(c) for c in tiles["predicted"]]
-    maps: list = []
-    for s in tqdm(range(0, len(tiles), 16), desc="explain", unit="batch"):
-        r = torch.from_numpy(rows[s : s + 16])
-        batch = explain.explain_maps(
-            embedder.encoder,
-            net.to(embedder.device),
-            int(meta["token_grid"]),
-            images[s : s + 16].to(embedder.device),
-            tensors["text_tokens"][r].to(embedder.device),
-            tensors["text_mask"][r].to(embedder.device),
-            targets[s : s + 16],
-        )
-        maps = (
-            batch
-            if not maps
-            else [(n, np.concatenate([m0, m])) for (n, m0), (_, m) in zip(maps, batch, strict=True)]
-        )
-    return explain.write_panels(tiles, images, maps, embedder.transform, out_dir)
+    tiles = select_tiles(predictions, cfg.evaluate.explain_per_class)
+    rows = torch.from_numpy(np.flatnonzero(test)[tiles.index.to_numpy()])  # feature-store rows
+    return explain_tiles(
+        inputs.encoder,
+        net,
+        meta,
+        tiles,
+        tensors["text_tokens"][rows],
+        tensors["text_mask"][rows],
+        data_root=inputs.data,
+        out_dir=out_dir,
+    )
 
 
 def _eval_json(metrics: dict, breakdowns: dict) -> dict:
-    """eval.json's keys (interfaces.md): today's, plus average_precision, ece, ci, ablations..."""
+    """evaluate.json's keys: the headline metrics, n, per class, by group, CIs, ablations..."""
     saved = {
         k: metrics[k]
         for k in (*HEADLINE, "n", "per_class", "by_group", "ci", "ablations", "bootstrap")

@@ -1,7 +1,7 @@
 """Stage ``train_fusion``: the cross-attention fusion classifier and its ablations.
 
 All variants train on the cached embeddings from ``embed`` with the same recipe
-(:func:`histoflow.models.fit.fit_classifier`). The deployed model is the fusion network in
+(:func:`histoflow.training.fusion.fit_classifier`). The deployed model is the fusion network in
 ``outputs/train_fusion/model``; the ablations (``train_fusion.ablations``) go beside it in
 ``outputs/train_fusion/ablations/<kind>/`` so ``evaluate`` can put them side by side.
 """
@@ -12,62 +12,51 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-import torch
-
 from histoflow.config import Params
 from histoflow.data.manifest import class_names
 from histoflow.io import atomic_dir, atomic_path, write_json
-from histoflow.models.ablations import create_classifier
-from histoflow.models.checkpoint import save_model
-from histoflow.models.fit import feature_dataset, fit_classifier
-from histoflow.models.fusion import FusionConfig
-from histoflow.stages._feature_store import load_features
 
-__all__ = ["PARAMS", "Inputs", "Outputs", "fusion_config", "run"]
+__all__ = ["PARAMS", "Inputs", "Outputs", "run"]
 
 PARAMS = ("train_fusion",)
 
 
 @dataclass(frozen=True)
 class Inputs:
+    """The feature store of ``embed``."""
+
     features: Path = Path("outputs/embed")
 
 
 @dataclass(frozen=True)
 class Outputs:
+    """The deployed fusion model, its curve, the ablations beside it, and metrics."""
+
     model: Path = Path("outputs/train_fusion/model")
     history: Path = Path("outputs/train_fusion/history.csv")
     ablations: Path = Path("outputs/train_fusion/ablations")
     metrics: Path = Path("metrics/train_fusion.json")
 
 
-def fusion_config(cfg: Params, tensors: dict[str, torch.Tensor], num_classes: int) -> FusionConfig:
-    """The network shape: dimensions from the cached features, the rest from params."""
-    p = cfg.train_fusion
-    return FusionConfig(
-        image_dim=tensors["image_tokens"].shape[2],
-        text_dim=tensors["text_tokens"].shape[2],
-        image_tokens=tensors["image_tokens"].shape[1],
-        num_classes=num_classes,
-        width=p.width,
-        layers=p.layers,
-        heads=p.heads,
-        dropout=p.dropout,
-        classifier_heads=p.classifier_heads,
-        attention=p.attention,
-    )
-
-
 def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     """Train on the train split, stop early on validation macro recall, keep the best epoch."""
+    # torch and Lightning load here, not at import: flows read Outputs without paying for them.
+    import pandas as pd
+    import torch
+
+    from histoflow.embeddings.store import feature_dims, load_features
+    from histoflow.models.ablations import create_classifier
+    from histoflow.models.checkpoint import save_model
+    from histoflow.models.fusion import FusionConfig
+    from histoflow.training.fusion import feature_dataset, fit_classifier
+
     p = cfg.train_fusion
     tensors, meta, index = load_features(inputs.features)
     classes = class_names(index)
     y = torch.tensor([classes.index(c) for c in index["label"]])
     train = feature_dataset(tensors, y, (index["split"] == "train").to_numpy())
     val = feature_dataset(tensors, y, (index["split"] == "val").to_numpy())
-    net_cfg = fusion_config(cfg, tensors, len(classes))
+    net_cfg = FusionConfig.from_params(p, num_classes=len(classes), **feature_dims(tensors))
     description = {
         "config": net_cfg.to_dict(),
         "classes": classes,

@@ -1,7 +1,7 @@
 """Stage ``validate``: read the data, assign splits, measure every image, enforce the contract.
 
 Writes the validated manifest (parquet, one row per image with its QC columns), a validation
-report a person can open (``reports/validation/report.html``) and metrics. Contract errors fail
+report a person can open (``reports/validate/report.html``) and metrics. Contract errors fail
 the stage after the report is written; warnings are reported and the run goes on.
 """
 
@@ -10,14 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
 from histoflow.config import Params
-from histoflow.data.contract import check_contract
-from histoflow.data.dedupe import cross_split_copies
-from histoflow.data.qc import feature_table
-from histoflow.data.report import write_validation_report
-from histoflow.data.sources import assign_splits, read_source
 from histoflow.io import atomic_path, write_json
 
 __all__ = ["PARAMS", "QC_FAILURE_CHECKS", "ContractViolation", "Inputs", "Outputs", "run"]
@@ -29,13 +22,17 @@ QC_FAILURE_CHECKS = ("blurred", "blank")
 
 @dataclass(frozen=True)
 class Inputs:
+    """The dataset folder (``data.root``)."""
+
     data: Path = Path("data")
 
 
 @dataclass(frozen=True)
 class Outputs:
+    """The validated manifest, the validation report and the stage's metrics."""
+
     manifest: Path = Path("outputs/validate/manifest.parquet")
-    report: Path = Path("reports/validation")
+    report: Path = Path("reports/validate")
     metrics: Path = Path("metrics/validate.json")
 
 
@@ -50,6 +47,15 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         ContractViolation: when any check at level ``error`` fails. The report is written
             first; the manifest is not, so the last good manifest stays in place.
     """
+    # Great Expectations and the QC libraries load here, not at import: flows read Outputs.
+    import pandas as pd
+
+    from histoflow.data.contract import check_contract
+    from histoflow.data.dedupe import cross_split_copies
+    from histoflow.data.qc import feature_table
+    from histoflow.data.report import write_validation_report
+    from histoflow.data.sources import assign_splits, read_source
+
     table = read_source(inputs.data, cfg.data.manifest, cfg.data.label_column)
     table = assign_splits(
         table,

@@ -1,12 +1,14 @@
-"""Training curves to MLflow: a Lightning logger for the tracking server, when one is set."""
+"""Training curves to MLflow: Lightning's own MLflow logger, when a tracking server is set.
+
+Lightning's adapter, not histoflow's registry: the curves of a run are evidence, registering
+models stays with :mod:`histoflow.registry`.
+"""
 
 from __future__ import annotations
 
 import os
 
 from lightning.pytorch.loggers import MLFlowLogger
-
-from histoflow.registry.mlflow_registry import tracking_uri
 
 __all__ = ["create_training_logger"]
 
@@ -23,7 +25,7 @@ def create_training_logger(run_name: str, params: dict) -> MLFlowLogger | None:
     logger = MLFlowLogger(
         experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME", "histoflow"),
         run_name=run_name,
-        tracking_uri=tracking_uri(os.getcwd()),
+        tracking_uri=os.environ["MLFLOW_TRACKING_URI"],
         log_model=False,
     )
     logger.log_hyperparams(params)

@@ -1,7 +1,7 @@
 """Training any fusion variant on cached embeddings: early stopping on validation macro recall.
 
 Shared by ``train_fusion`` (the deployed model and its ablations) and ``evaluate``'s cross-group
-protocol, so every variant is trained by the same recipe.
+protocol (:func:`fit_on_group`), so every variant is trained by the same recipe.
 """
 
 from __future__ import annotations
@@ -10,15 +10,17 @@ import tempfile
 from dataclasses import dataclass, field
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from histoflow.config import TrainFusionConfig
-from histoflow.models.lightning import FusionClassifier, History
+from histoflow.training.callbacks import History
+from histoflow.training.modules import FusionClassifier
 
-__all__ = ["FitResult", "feature_dataset", "fit_classifier"]
+__all__ = ["FitResult", "feature_dataset", "fit_classifier", "fit_on_group"]
 
 
 @dataclass
@@ -90,3 +92,26 @@ def fit_classifier(
         epochs_run=trainer.current_epoch,
         history=history.rows,
     )
+
+
+def fit_on_group(
+    net: nn.Module,
+    tensors: dict[str, torch.Tensor],
+    y: torch.Tensor,
+    split: np.ndarray,
+    home: np.ndarray,
+    p: TrainFusionConfig,
+) -> FitResult:
+    """Train ``net`` on the train/val rows of one group only (the cross-group protocol).
+
+    Args:
+        net: a freshly built network.
+        tensors: the feature store's tensors (all rows).
+        y: (N,) class indices of all rows.
+        split: (N,) each row's split name.
+        home: (N,) bool, the rows of the group trained on.
+        p: the training recipe (the deployed model's).
+    """
+    train = feature_dataset(tensors, y, home & (split == "train"))
+    val = feature_dataset(tensors, y, home & (split == "val"))
+    return fit_classifier(net, train, val, p)

@@ -1,37 +1,25 @@
-"""Bounded-memory storage for ``embed``: a streamed safetensors file and an image-embedding cache;
-:func:`load_features` reads ``embed``'s output back (for ``train_fusion``, ``evaluate`` and
-``reference``, which then need not import the image models).
+"""Per-image embeddings cached across ``embed`` runs, and computing the ones missing.
 
-- :class:`SafetensorsStream` writes the safetensors header first (all shapes are known),
-  then each tensor's rows at their offsets with positional writes, batch by batch: the file
-  never exists whole in memory, and readers (``safe_open``) see an ordinary safetensors file.
-- :class:`ImageEmbeddingCache` keeps each image's pooled and token embeddings (float16) in
-  SQLite, keyed by (encoder key, image sha256), beside DVC's outputs (DVC deletes outs
-  before a stage runs). One transaction per batch: an interrupted ``embed`` keeps its work.
+:class:`ImageEmbeddingCache` keeps each image's pooled and token embeddings (float16) in
+SQLite, keyed by (encoder key, image sha256), beside DVC's outputs (DVC deletes outs before a
+stage runs). One transaction per batch: an interrupted ``embed`` keeps its work.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
 import sqlite3
-import struct
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
-from safetensors import safe_open
+from torch.utils.data import DataLoader
+from tqdm import tqdm
 
-from histoflow.data.manifest import read_manifest
+from histoflow.data.dataset import TileDataset
+from histoflow.inference import ImageEmbedder
 
-if TYPE_CHECKING:
-    import pandas as pd
-    import torch
+__all__ = ["ImageEmbeddingCache", "embed_missing"]
 
-__all__ = ["ImageEmbeddingCache", "SafetensorsStream", "load_features"]
-
-_DTYPES = {np.dtype(np.float16): "F16", np.dtype(np.float32): "F32", np.dtype(np.bool_): "BOOL"}
 _SCHEMA = """CREATE TABLE IF NOT EXISTS image_embeddings (
     encoder TEXT NOT NULL, image TEXT NOT NULL, pooled BLOB NOT NULL, tokens BLOB NOT NULL,
     PRIMARY KEY (encoder, image))"""
@@ -39,59 +27,6 @@ _SHAPES = (
     "CREATE TABLE IF NOT EXISTS image_embedding_shapes (encoder TEXT PRIMARY KEY, shapes TEXT)"
 )
 _SQL_CHUNK = 500  # stay under SQLite's bound-parameter limit
-
-
-class SafetensorsStream:
-    """A safetensors file whose tensors are filled row range by row range.
-
-    Args:
-        path: the file to create (truncated to its final size at once).
-        tensors: name -> (numpy dtype, shape); row ``i`` of a tensor is ``tensor[i]``.
-        metadata: string metadata stored in the header.
-    """
-
-    def __init__(
-        self, path: Path, tensors: dict[str, tuple[np.dtype, tuple[int, ...]]], metadata: dict
-    ):
-        header: dict = {}
-        self._layout: dict[str, tuple[int, np.dtype, tuple[int, ...]]] = {}
-        offset = 0
-        for name, (dtype, shape) in tensors.items():
-            dtype = np.dtype(dtype)
-            nbytes = math.prod(shape) * dtype.itemsize
-            header[name] = {
-                "dtype": _DTYPES[dtype],
-                "shape": list(shape),
-                "data_offsets": [offset, offset + nbytes],
-            }
-            self._layout[name] = (offset, dtype, tuple(shape))
-            offset += nbytes
-        header["__metadata__"] = {k: str(v) for k, v in metadata.items()}
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.write(self._fd, struct.pack("<Q", len(raw)) + raw)
-        self._data = 8 + len(raw)
-        os.ftruncate(self._fd, self._data + offset)
-
-    def write(self, name: str, start: int, rows: np.ndarray) -> None:
-        """Write ``rows`` (n, *shape[1:]) as rows ``start .. start + n`` of tensor ``name``."""
-        offset, dtype, shape = self._layout[name]
-        rows = np.ascontiguousarray(rows, dtype=dtype)
-        if rows.shape[1:] != shape[1:] or start + len(rows) > shape[0]:
-            raise ValueError(f"{name}: rows {rows.shape} at {start} do not fit {shape}")
-        row_bytes = math.prod(shape[1:]) * dtype.itemsize
-        os.pwrite(self._fd, rows.tobytes(), self._data + offset + start * row_bytes)
-
-    def close(self) -> None:
-        os.fsync(self._fd)
-        os.close(self._fd)
-
-    def __enter__(self) -> SafetensorsStream:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 class ImageEmbeddingCache:
@@ -169,6 +104,7 @@ class ImageEmbeddingCache:
         return self.shapes
 
     def close(self) -> None:
+        """Close the database."""
         self._db.close()
 
     def _remember_shapes(self, pooled: tuple[int, ...], tokens: tuple[int, ...]) -> None:
@@ -182,12 +118,49 @@ class ImageEmbeddingCache:
             )
 
 
-def load_features(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], pd.DataFrame]:
-    """The cached tensors, their metadata, and the index table of an ``embed`` output folder."""
-    path = Path(folder) / "features.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run `histoflow stage embed` first")
-    with safe_open(path, framework="pt") as fh:
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-        meta = fh.metadata()
-    return tensors, meta, read_manifest(Path(folder) / "index.csv")
+def embed_missing(
+    embedder: ImageEmbedder,
+    cache: ImageEmbeddingCache,
+    root: Path,
+    paths: list[str],
+    hashes: list[str],
+    *,
+    batch_size: int,
+    num_workers: int,
+) -> int:
+    """Embed the distinct images ``cache`` lacks, batch by batch, storing each batch.
+
+    Args:
+        embedder: the trained encoder.
+        cache: where each batch goes as soon as it is embedded.
+        root: the folder ``paths`` are relative to.
+        paths: every image's path (duplicates by content allowed).
+        hashes: every image's sha256, aligned with ``paths``.
+        batch_size: images per forward pass.
+        num_workers: decoding processes (0: decode in this process).
+
+    Returns:
+        How many images were embedded.
+    """
+    todo = cache.missing(hashes)
+    if not todo:
+        return 0
+    first_path = dict(zip(reversed(hashes), reversed(paths), strict=True))  # hash -> first path
+    loader = DataLoader(
+        TileDataset(root, [first_path[h] for h in todo], None, embedder.transform),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pin_memory=embedder.device.type == "cuda",
+        prefetch_factor=4 if num_workers else None,
+        # Workers forked from a process with threads (a Prefect or browser session in the same
+        # interpreter) can die at start; a forkserver starts them from a clean process.
+        multiprocessing_context="forkserver" if num_workers else None,
+    )
+    done = 0
+    with tqdm(total=len(todo), desc="embed images", unit="img") as bar:
+        for images, _ in loader:
+            pooled, tokens = embedder.embed_tensor(images)  # (B, D), (B, T, Dt)
+            cache.put(todo[done : done + len(images)], pooled.numpy(), tokens.numpy())
+            done += len(images)
+            bar.update(len(images))
+    return done

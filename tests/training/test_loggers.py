@@ -8,8 +8,8 @@ from mlflow.tracking import MlflowClient
 from torch.utils.data import DataLoader, TensorDataset
 
 from histoflow.models.encoder import create_encoder
-from histoflow.models.lightning import EncoderClassifier
-from histoflow.registry.training_logger import create_training_logger
+from histoflow.training.loggers import create_training_logger
+from histoflow.training.modules import EncoderClassifier
 
 
 def test_no_tracking_uri_no_logger(monkeypatch):

@@ -9,8 +9,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from histoflow.models.encoder import create_encoder
-from histoflow.models.finetune import backbone_blocks, set_trainable_blocks, trainable_blocks
-from histoflow.models.lightning import EncoderClassifier, History, warmup_cosine
+from histoflow.training.callbacks import History
+from histoflow.training.finetune import backbone_blocks, set_trainable_blocks, trainable_blocks
+from histoflow.training.modules import EncoderClassifier
+from histoflow.training.optim import warmup_cosine
 
 
 def _fit(module: L.LightningModule, *, epochs: int = 1, steps_per_epoch: int = 2, callbacks=()):

@@ -1,0 +1,100 @@
+"""One batch of new images, monitored: its readable files, its labels, its report on disk.
+
+What the monitoring flow does between measuring the batch (QC features, champion predictions)
+and telling people: compare with the champion's reference, write ``drift.html``,
+``drift.json`` and ``predictions.csv``, and take the configured action on drift.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from histoflow.config import MonitorConfig
+from histoflow.data.sources import read_source
+from histoflow.io import atomic_path, write_json
+from histoflow.monitoring.actions import take_action
+from histoflow.monitoring.data import CONFIDENCE, PREDICTED, MonitorData
+from histoflow.monitoring.reference import Reference
+from histoflow.monitoring.report import monitoring_report
+
+__all__ = ["batch_labels", "readable_files", "report_batch"]
+
+
+def readable_files(batch: Path, files: list[Path], features: pd.DataFrame) -> list[Path]:
+    """The files of ``batch`` whose QC row says they decoded (``features`` aligns with ``files``).
+
+    Raises:
+        ValueError: none of them could be read, naming the first and its error.
+    """
+    readable = features["readable"].astype(bool).to_numpy()
+    if not readable.any():
+        raise ValueError(
+            f"none of the {len(files)} files in {batch} could be read as an image "
+            f"(e.g. {features['path'].iloc[0]}: {features['error'].iloc[0]})"
+        )
+    return [f for f, good in zip(files, readable, strict=True) if good]
+
+
+def batch_labels(batch: Path, files: list[Path], classes: list[str]) -> pd.Series | None:
+    """True labels when the batch has them: a manifest.csv, or one folder per known class."""
+    rel = [f.resolve().relative_to(batch.resolve()).as_posix() for f in files]
+    if (batch / "manifest.csv").is_file():
+        table = read_source(batch).set_index("path")["label"]
+        return pd.Series([table.get(r) for r in rel]) if set(rel) <= set(table.index) else None
+    folders = [r.split("/")[0] if "/" in r else None for r in rel]
+    return pd.Series(folders) if all(f in classes for f in folders) else None
+
+
+def report_batch(
+    batch: Path,
+    features: pd.DataFrame,
+    predictions: pd.DataFrame,
+    pooled: np.ndarray,
+    reference: Reference,
+    *,
+    classes: list[str],
+    cfg: MonitorConfig,
+    out_dir: Path,
+    extra: dict,
+) -> dict:
+    """Compare a batch with the reference, write its report and act on drift.
+
+    Args:
+        batch: the batch folder (labels are read from it when it has them).
+        features: the batch's QC table, every file (``path``, ``readable``, the features).
+        predictions: the champion's predictions for the readable files (``path``, ``label``,
+            ``confidence``...), in ``features``' order.
+        pooled: (N, D) their pooled image embeddings.
+        reference: the champion's reference.
+        classes: the champion's classes.
+        cfg: the ``monitor`` params.
+        out_dir: the batch's report folder.
+        extra: facts recorded at the top of ``drift.json`` (batch name, model...).
+
+    Returns:
+        The ``drift.json`` summary, with the action taken.
+    """
+    ok = features["readable"].astype(bool).to_numpy()
+    files = [Path(p) for p in predictions["path"]]
+    current = MonitorData(
+        features=features.loc[ok, list(reference.data.features.columns)].reset_index(drop=True),
+        embeddings=reference.project(pooled),
+        predictions=predictions.rename(columns={"label": PREDICTED})[[PREDICTED, CONFIDENCE]],
+        labels=batch_labels(batch, files, classes),
+    )
+    extra = {
+        **extra,
+        "report": str(out_dir / "drift.html"),
+        "n_files": len(features),
+        "n_unreadable": int((~ok).sum()),
+        "unreadable": features.loc[~ok, "path"].head(20).tolist(),
+    }
+    summary = monitoring_report(reference.data, current, cfg, out_dir, classes=classes, extra=extra)
+    with atomic_path(out_dir / "predictions.csv") as tmp:
+        predictions.to_csv(tmp, index=False)
+    summary["action"] = take_action(summary, cfg)
+    write_json(out_dir / "drift.json", summary)
+    return summary
