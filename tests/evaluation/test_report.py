@@ -6,9 +6,11 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from conftest import dvc
+from histoflow.stages import evaluate
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [
@@ -83,9 +85,17 @@ def test_eval_json_has_cis_ablations_and_cross_group(reproduced_project):
     assert cg["column"] == "magnification" and cg["train_on"] == "40x"
     assert set(cg["groups"]) == {"20x", "40x"} and cg["groups"]["40x"]["in_domain"]
     assert set(m["by_group"]) == {"site", "magnification"}
-    summary = (reproduced_project / "outputs/evaluate/summary.csv").read_text()
-    assert "image_only,,macro_recall," in summary and "ci_low" in summary
-    assert "patient_id" in (reproduced_project / "outputs/evaluate/breakdowns.csv").read_text()
+    out = evaluate.Outputs()
+    summary = pd.read_csv(reproduced_project / out.summary)
+    row = summary[(summary["model"] == "image_only") & (summary["metric"] == "macro_recall")]
+    assert len(row) == 1 and row["class"].isna().all()  # headline rows have no class
+    low, value, high = row[["ci_low", "value", "ci_high"]].iloc[0]
+    assert low <= value <= high
+    assert value == m["ablations"]["image_only"]["macro_recall"]
+    breakdowns = pd.read_csv(reproduced_project / out.breakdowns)
+    patients = breakdowns[breakdowns["column"] == "patient_id"]
+    assert len(patients) > 1
+    assert patients["n"].sum() == m["n"]  # every test image is in exactly one patient
 
 
 def test_dvc_metrics_and_plots_show(reproduced_project, tmp_path):

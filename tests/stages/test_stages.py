@@ -1,35 +1,33 @@
-"""Each stage's pure ``run`` on tiny data, in pipeline order, sharing one working folder."""
+"""What each stage writes, checked on the session's tiny pipeline (one real ``dvc repro`` of
+every stage's ``run``, shared with the other tests), plus ``validate``'s own failure paths.
+
+Each test reads only the outputs of its stage, so any one of them passes alone.
+"""
 
 from __future__ import annotations
 
 import json
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
-from safetensors import safe_open
+import torch
 
-from histoflow.stages import STAGE_NAMES, get_stage
+from histoflow.embeddings.store import load_features
+from histoflow.monitoring.reference import load_reference
+from histoflow.stages import get_stage
 from histoflow.stages.validate import ContractViolation
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory, tiny_data):
-    root = tmp_path_factory.mktemp("stages")
-    shutil.copytree(tiny_data, root / "data")
-    return root
+def _outputs(name, root):
+    """The stage's default Outputs under the project ``root``."""
+    cls = get_stage(name).Outputs
+    return cls(**{f: root / getattr(cls(), f) for f in cls.__dataclass_fields__})
 
 
-def _io(name, root):
-    """The stage's default Inputs/Outputs re-rooted under ``root``."""
-    module = get_stage(name)
-    fields = lambda cls: {f: root / getattr(cls(), f) for f in cls.__dataclass_fields__}  # noqa: E731
-    return module.Inputs(**fields(module.Inputs)), module.Outputs(**fields(module.Outputs))
-
-
-def _run(name, cfg, root):
-    inputs, outputs = _io(name, root)
-    return get_stage(name).run(cfg, inputs, outputs), outputs
+def _metrics(name, root) -> dict:
+    return json.loads(_outputs(name, root).metrics.read_text())
 
 
 def test_unknown_stage_suggests_the_name():
@@ -37,8 +35,9 @@ def test_unknown_stage_suggests_the_name():
         get_stage("train_fussion")
 
 
-def test_validate(workdir, tiny_params):
-    metrics, out = _run("validate", tiny_params, workdir)
+def test_validate(reproduced_project):
+    out = _outputs("validate", reproduced_project)
+    metrics = _metrics("validate", reproduced_project)
     manifest = pd.read_parquet(out.manifest)
     assert metrics["n_images"] == len(manifest) == 48
     assert set(manifest["split"]) == {"train", "val", "test"}
@@ -50,13 +49,12 @@ def test_validate(workdir, tiny_params):
     assert (out.report / "report.html").is_file() and (out.report / "results.json").is_file()
 
 
-def _with_blank_tile(workdir, tmp_path):
+def _with_blank_tile(tiny_data, tmp_path):
     """A copy of the data with one tile replaced by an empty white one."""
-    import numpy as np
     from PIL import Image
 
     data = tmp_path / "data"
-    shutil.copytree(workdir / "data", data)
+    shutil.copytree(tiny_data, data)
     blank = sorted((data / "stroma").glob("*.png"))[0]
     Image.fromarray(np.full((32, 32, 3), 250, np.uint8)).save(blank)
     return data, blank.relative_to(data).as_posix()
@@ -64,9 +62,9 @@ def _with_blank_tile(workdir, tmp_path):
 
 @pytest.mark.parametrize("policy", ["keep", "exclude"])
 def test_validate_blank_tiles_are_warned_and_kept_or_excluded(
-    workdir, tiny_params, tmp_path, policy
+    tiny_data, tiny_params, tmp_path, policy
 ):
-    data, blank = _with_blank_tile(workdir, tmp_path)
+    data, blank = _with_blank_tile(tiny_data, tmp_path)
     cfg = tiny_params.model_copy(
         update={"validate_": tiny_params.validate.model_copy(update={"qc_failures": policy})}
     )
@@ -84,11 +82,15 @@ def test_validate_blank_tiles_are_warned_and_kept_or_excluded(
     assert blank in (out.report / "report.html").read_text()
 
 
-def test_validate_failure_lists_files_and_keeps_last_good_manifest(workdir, tiny_params, tmp_path):
-    _, out = _run("validate", tiny_params, workdir)
+def test_validate_failure_lists_files_and_keeps_last_good_manifest(
+    tiny_data, tiny_params, tmp_path
+):
+    module = get_stage("validate")
+    out = _outputs("validate", tmp_path)
+    module.run(tiny_params, module.Inputs(data=tiny_data), out)
     before = out.manifest.read_bytes()
     broken = tmp_path / "data"
-    shutil.copytree(workdir / "data", broken)
+    shutil.copytree(tiny_data, broken)
     victim = next((broken / "stroma").glob("*.png"))
     victim.write_bytes(b"")  # a zero-byte tile, as a failed copy leaves
     inputs = get_stage("validate").Inputs(data=broken)
@@ -99,16 +101,21 @@ def test_validate_failure_lists_files_and_keeps_last_good_manifest(workdir, tiny
     assert out.manifest.read_bytes() == before
 
 
-def test_captions(workdir, tiny_params):
-    metrics, out = _run("captions", tiny_params, workdir)
+def test_captions(tiny_data, tiny_params, tmp_path):
+    validate, captions_stage = get_stage("validate"), get_stage("captions")
+    validate.run(tiny_params, validate.Inputs(data=tiny_data), _outputs("validate", tmp_path))
+    out = _outputs("captions", tmp_path)
+    inputs = captions_stage.Inputs(data=tiny_data, manifest=tmp_path / validate.Outputs().manifest)
+    metrics = captions_stage.run(tiny_params, inputs, out)
     captions = pd.read_csv(out.captions)
     assert metrics["n_images"] == len(captions) == 48
     assert captions["caption"].str.len().min() > 20
     assert captions["caption"].nunique() > 10  # captions describe each tile, not its class
 
 
-def test_train_encoder(workdir, tiny_params):
-    metrics, out = _run("train_encoder", tiny_params, workdir)
+def test_train_encoder(reproduced_project):
+    out = _outputs("train_encoder", reproduced_project)
+    metrics = _metrics("train_encoder", reproduced_project)
     assert (out.model / "weights.safetensors").is_file()
     meta = json.loads((out.model / "model.json").read_text())
     assert meta["backbone"] == "test_resnet" and meta["classes"] == [
@@ -121,25 +128,25 @@ def test_train_encoder(workdir, tiny_params):
     assert {"train_loss", "val_loss", "val_macro_recall"} <= set(history.columns)
 
 
-def test_embed(workdir, tiny_params):
-    _run("embed", tiny_params, workdir)
-    folder = workdir / "outputs/embed"
-    with safe_open(folder / "features.safetensors", framework="pt") as fh:
-        assert fh.get_tensor("image_tokens").shape[:2] == (48, 4)  # token_grid 2 -> 4 tokens
-        assert tuple(fh.get_tensor("text_tokens").shape) == (48, 32, 384)  # MiniLM width
-        assert fh.get_tensor("text_mask").sum(1).min() > 2
-    assert len(pd.read_csv(folder / "index.csv")) == 48
+def test_embed(reproduced_project):
+    tensors, meta, index = load_features(_outputs("embed", reproduced_project).features)
+    assert tensors["image_tokens"].shape[:2] == (48, 4)  # token_grid 2 -> 4 tokens
+    assert tuple(tensors["text_tokens"].shape) == (48, 32, 384)  # MiniLM width
+    assert tensors["text_mask"].sum(1).min() > 2
+    assert len(index) == 48 and meta["token_grid"] == "2"
+    assert tensors["image_pooled"].dtype == torch.float16
 
 
-def test_train_fusion(workdir, tiny_params):
-    metrics, out = _run("train_fusion", tiny_params, workdir)
+def test_train_fusion(reproduced_project):
+    out = _outputs("train_fusion", reproduced_project)
+    metrics = _metrics("train_fusion", reproduced_project)
     assert (out.model / "weights.safetensors").is_file()
     assert 0.0 <= metrics["best_val_macro_recall"] <= 1.0
     assert len(pd.read_csv(out.history)) == metrics["epochs_run"]
 
 
-def test_evaluate(workdir, tiny_params):
-    _, out = _run("evaluate", tiny_params, workdir)
+def test_evaluate(reproduced_project):
+    out = _outputs("evaluate", reproduced_project)
     saved = json.loads(out.metrics.read_text())
     for key in ("accuracy", "balanced_accuracy", "macro_recall", "macro_f1", "auroc"):
         assert 0.0 <= saved[key] <= 1.0, key
@@ -156,25 +163,21 @@ def test_evaluate(workdir, tiny_params):
     assert "site" in saved["by_group"]
 
 
-def test_stage_names_match_modules():
-    for name in STAGE_NAMES:
-        module = get_stage(name)
-        assert callable(module.run) and module.PARAMS
-
-
-def test_reference(workdir, tiny_params):
-    import numpy as np
-    from safetensors.numpy import load_file
-
-    summary, out = _run("reference", tiny_params, workdir)
-    folder = out.reference
-    features = pd.read_parquet(folder / "features.parquet")
+def test_reference(reproduced_project):
+    folder = _outputs("reference", reproduced_project).reference
+    summary = json.loads((folder / "reference.json").read_text())
+    ref = load_reference(folder, _outputs("evaluate", reproduced_project).predictions)
+    features = ref.data.features
     assert len(features) == summary["n_features"] and {"brightness", "od_eosin"} <= set(features)
-    embeddings = pd.read_parquet(folder / "embeddings.parquet")
+    embeddings = ref.data.embeddings
     assert list(embeddings.columns) == [f"pc_{i}" for i in range(summary["pca_components"])]
     assert len(embeddings) == summary["n_held_out"]
-    pca = load_file(folder / "pca.safetensors")
     # Principal axes are orthonormal, so projecting new batches is a plain matrix product.
     np.testing.assert_allclose(
-        pca["components"] @ pca["components"].T, np.eye(len(pca["components"])), atol=1e-4
+        ref.components @ ref.components.T, np.eye(len(ref.components)), atol=1e-4
     )
+    # A batch's embeddings land in the same PCA space as the held-out ones.
+    tensors, _, index = load_features(_outputs("embed", reproduced_project).features)
+    held_out = index["split"].isin(["val", "test"]).to_numpy()
+    projected = ref.project(tensors["image_pooled"].float().numpy()[held_out])
+    np.testing.assert_allclose(projected.to_numpy(), embeddings.to_numpy(), atol=1e-3)

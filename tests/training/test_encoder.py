@@ -7,6 +7,7 @@ import json
 import torch
 
 from histoflow.config import TrainEncoderConfig
+from histoflow.training import checkpoints
 from histoflow.training import encoder as train_encoder
 
 
@@ -40,11 +41,11 @@ def test_class_weighted_loss_weights_inverse_frequency():
 
 def test_resume_or_reset(tmp_path):
     folder = tmp_path / "ckpt"
-    assert train_encoder._resume_or_reset(folder, "a", write=True) is None  # nothing yet
+    assert checkpoints.resume_or_reset(folder, "a", write=True) is None  # nothing yet
     (folder / "last.ckpt").write_bytes(b"x")
-    assert train_encoder._resume_or_reset(folder, "a", write=True) == str(folder / "last.ckpt")
-    assert train_encoder._resume_or_reset(folder, "b", write=True) is None  # other config/data
+    assert checkpoints.resume_or_reset(folder, "a", write=True) == str(folder / "last.ckpt")
+    assert checkpoints.resume_or_reset(folder, "b", write=True) is None  # other config/data
     assert not (folder / "last.ckpt").exists()
     (folder / "last.ckpt").write_bytes(b"x")
     (folder / "fingerprint.json").write_text(json.dumps({"fingerprint": "b", "complete": True}))
-    assert train_encoder._resume_or_reset(folder, "b", write=True) is None  # finished: fresh
+    assert checkpoints.resume_or_reset(folder, "b", write=True) is None  # finished: fresh

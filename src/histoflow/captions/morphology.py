@@ -18,6 +18,9 @@ Each image takes one of three routes, in this order:
 Words come from fixed thresholds (below) on the measured numbers, tuned for tiles where a
 nucleus spans roughly 3-15 px, so the same image always gives the same caption; the numbers in
 the caption let a reader judge the words at other magnifications.
+
+One module (over 300 lines) on purpose: the measurements and the words they map to are tuned
+together, and the caption cache keys on this file's source, so any change to either recaptions.
 """
 
 from __future__ import annotations

@@ -16,16 +16,14 @@ from histoflow.registry.mlflow_registry import (
 )
 from histoflow.registry.model_card import render_model_card
 from histoflow.registry.promotion import (
-    Decision,
-    Evidence,
     PromotionLockTimeout,
-    decide,
     promote,
     promote_by_hand,
     rollback,
     status,
 )
 from histoflow.registry.registration import Registration, TrainingRun, register_run
+from histoflow.registry.rules import Decision, Evidence, decide
 from histoflow.registry.tracking import (
     RegistryUnavailable,
     configure_tracking,

@@ -56,7 +56,8 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
 
     from histoflow.models.checkpoint import save_model
     from histoflow.models.encoder import create_encoder_from_params, encoder_description
-    from histoflow.training.encoder import fingerprint, fit_encoder, mark_complete, seed
+    from histoflow.training.checkpoints import fingerprint, mark_complete
+    from histoflow.training.encoder import fit_encoder, seed
 
     p = cfg.train_encoder
     seed(p.seed)  # before the network is built: its initial weights come from the seed

@@ -6,17 +6,13 @@ fine-tuning, class balancing, warm-up + cosine schedule, early stopping on valid
 recall, augmentation, and Lightning's ``devices`` / ``num_nodes`` / ``strategy`` for DDP).
 
 Checkpoints (``best.ckpt``, ``last.ckpt``) live in a folder the caller names, outside DVC's outs
-(DVC deletes declared outs before a stage runs). A run that was killed resumes from
-``last.ckpt`` when the parameters and the data are the same (their fingerprint is stored with
-the checkpoints); anything else starts fresh.
+(DVC deletes declared outs before a stage runs); a killed run resumes from ``last.ckpt``
+(:mod:`histoflow.training.checkpoints`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,15 +21,19 @@ import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.plugins.io.torch_plugin import TorchCheckpointIO
 from torch import nn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from histoflow.config import TrainEncoderConfig
 from histoflow.data.dataset import TileDataset, create_transform
 from histoflow.device import pick_device, use_bf16
-from histoflow.io import atomic_path, write_json
 from histoflow.training.callbacks import History
+from histoflow.training.checkpoints import (
+    AtomicCheckpointIO,
+    checkpoint_epoch,
+    history_rows,
+    resume_or_reset,
+)
 from histoflow.training.loggers import create_training_logger
 from histoflow.training.modules import EncoderClassifier
 
@@ -42,9 +42,7 @@ __all__ = [
     "EncoderFit",
     "build_module",
     "build_trainer",
-    "fingerprint",
     "fit_encoder",
-    "mark_complete",
     "seed",
     "train_loader",
 ]
@@ -120,7 +118,7 @@ def fit_encoder(
     bf16 = use_bf16(device, p.precision)
     module = build_module(p, encoder, len(classes), labels["train"], sample_names=train_paths)
 
-    resume = _resume_or_reset(checkpoints, run_fingerprint, write=_is_rank_zero())
+    resume = resume_or_reset(checkpoints, run_fingerprint, write=_is_rank_zero())
     best = ModelCheckpoint(
         dirpath=checkpoints,
         filename="best",
@@ -146,7 +144,7 @@ def fit_encoder(
             "train_encoder.unfreeze_at needs a single device: DDP registers the trainable "
             "parameters once; use unfreeze_blocks, or devices: 1"
         )
-    start_epoch = _checkpoint_epoch(resume) if resume else None
+    start_epoch = checkpoint_epoch(resume) if resume else None
     trainer.fit(module, loaders["train"], loaders["val"], ckpt_path=resume)
 
     metrics = {
@@ -162,7 +160,7 @@ def fit_encoder(
     # ran in other processes): the model from best.ckpt, the curves from last.ckpt.
     state = torch.load(checkpoints / "best.ckpt", map_location="cpu", weights_only=True)
     module.load_state_dict(state["state_dict"])
-    rows = _history_rows(
+    rows = history_rows(
         torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
     )
     metrics |= {
@@ -225,7 +223,7 @@ def build_trainer(
         "gradient_clip_val": p.grad_clip if p.strategy in _SHARDED else None,
         "callbacks": callbacks,
         "logger": logger or False,
-        "plugins": [_AtomicCheckpointIO()],
+        "plugins": [AtomicCheckpointIO()],
         "enable_model_summary": False,
         "num_sanity_val_steps": 0,
         "deterministic": False,
@@ -264,26 +262,6 @@ def train_loader(
     )
 
 
-def fingerprint(p: TrainEncoderConfig, image_size: int, manifest: pd.DataFrame) -> str:
-    """sha256 of the recipe and of the images it trains on (paths, labels, splits and, from
-    ``validate``, the files' own sha256): a killed run resumes only under the same one."""
-    columns = [c for c in ("path", "label", "split", "sha256") if c in manifest]
-    blob = json.dumps(
-        {
-            "image_size": image_size,
-            "train_encoder": p.model_dump(mode="json"),
-            "data": manifest[columns].sort_values("path").to_csv(index=False),
-        },
-        sort_keys=True,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def mark_complete(checkpoints: Path, run_fingerprint: str) -> None:
-    """Record that the run with this fingerprint finished: the next run starts fresh."""
-    write_json(checkpoints / "fingerprint.json", {"fingerprint": run_fingerprint, "complete": True})
-
-
 def _val_loader(
     p: TrainEncoderConfig, root: Path, paths: list[str], labels: list[int], size: int
 ) -> DataLoader:
@@ -294,42 +272,6 @@ def _val_loader(
         num_workers=p.num_workers,
         persistent_workers=p.num_workers > 0,
     )
-
-
-class _AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints written to a temporary file and renamed: a kill never leaves half a file."""
-
-    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        with atomic_path(path) as tmp:
-            super().save_checkpoint(checkpoint, tmp, storage_options)
-
-
-def _resume_or_reset(folder: Path, run_fingerprint: str, *, write: bool) -> str | None:
-    """``last.ckpt`` when an unfinished run with the same fingerprint left one, else None
-    (and, on rank 0, an emptied folder recording the new fingerprint)."""
-    record = folder / "fingerprint.json"
-    last = folder / "last.ckpt"
-    if record.is_file() and last.is_file():
-        saved = json.loads(record.read_text())
-        if saved.get("fingerprint") == run_fingerprint and not saved.get("complete"):
-            return str(last)
-    if write:
-        shutil.rmtree(folder, ignore_errors=True)
-        write_json(record, {"fingerprint": run_fingerprint, "complete": False})
-    return None
-
-
-def _checkpoint_epoch(path: str) -> int:
-    # The epoch a resumed run starts at: the saved epoch plus one (the epoch was finished).
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return int(state["epoch"]) + 1
-
-
-def _history_rows(checkpoint: dict) -> list[dict]:
-    for key, state in checkpoint.get("callbacks", {}).items():
-        if key.startswith("History"):
-            return list(state["rows"])
-    return []
 
 
 def _is_rank_zero() -> bool:

@@ -1,0 +1,49 @@
+"""The ``histoflow`` command: data, stages, the training flow, prediction and monitoring.
+
+Run it from the project root (the folder holding ``dvc.yaml`` and ``params.yaml``). One
+module per group of commands; each adds its parsers (``add_commands``) and handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from histoflow.cli import data, pipeline, predict, registry, serve
+from histoflow.project import apply_environment
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command ``argv`` (default: the process arguments); returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    apply_environment(Path.cwd())
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        print("histoflow: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the CLI edge: every failure becomes one clear message
+        if os.environ.get("HISTOFLOW_DEBUG"):
+            raise
+        print(f"histoflow: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="histoflow", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--params",
+        type=Path,
+        default=Path("params.yaml"),
+        help="params file (default: params.yaml)",
+    )
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    for group in (data, pipeline, predict, registry, serve):
+        group.add_commands(sub)
+    return parser

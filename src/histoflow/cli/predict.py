@@ -1,0 +1,53 @@
+"""``histoflow predict``: classify image files, folders or globs with a registered model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["add_commands"]
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Add this module's commands to the ``histoflow`` parser."""
+    predict = sub.add_parser(
+        "predict", help="classify image files, folders or globs with a registered model"
+    )
+    predict.add_argument("paths", nargs="+", help="files, folders (searched recursively), globs")
+    predict.add_argument("--model", default="models:/histoflow@champion")
+    predict.add_argument("--out", type=Path, help="write a CSV or JSON file (default: print)")
+    predict.add_argument(
+        "--format", choices=("csv", "json"), help="output format (default: from --out's suffix)"
+    )
+    predict.add_argument("--batch-size", type=int, default=64, help="images per model call")
+    predict.add_argument("--no-progress", action="store_true", help="no progress bar")
+    predict.set_defaults(func=_predict)
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from histoflow.predict import predict_paths, write_predictions
+
+    table = predict_paths(
+        args.paths,
+        model_uri=args.model,
+        root=Path.cwd(),
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    fmt = args.format or (
+        "json" if args.out is not None and args.out.suffix.lower() == ".json" else "csv"
+    )
+    if args.out:
+        write_predictions(table, args.out, fmt)
+        print(f"wrote {len(table)} predictions to {args.out}", file=sys.stderr)
+    elif args.format == "json":
+        print(table.to_json(orient="records", indent=2))
+    elif args.format == "csv":
+        print(table.to_csv(index=False), end="")
+    else:
+        print(
+            table.drop(
+                columns=[c for c in table if c.startswith("prob_") or c == "caption"]
+            ).to_string(index=False)
+        )

@@ -1,0 +1,46 @@
+"""Typed parameters: ``params.yaml`` read once, at the edge, into frozen pydantic models.
+
+One model per section. Unknown keys and bad values fail before any work, with a message that
+names the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+from histoflow.config._base import ConfigError
+from histoflow.config.data import DataConfig, ValidateChecks, ValidateConfig
+from histoflow.config.evaluation import (
+    CrossGroupConfig,
+    EvaluateConfig,
+    ReferenceConfig,
+    RegistryConfig,
+)
+from histoflow.config.operations import DeployConfig, MonitorConfig
+from histoflow.config.params import Params, load_params, parse_params
+from histoflow.config.training import (
+    AugmentConfig,
+    CaptionsConfig,
+    EmbedConfig,
+    TrainEncoderConfig,
+    TrainFusionConfig,
+)
+
+__all__ = [
+    "AugmentConfig",
+    "CaptionsConfig",
+    "ConfigError",
+    "CrossGroupConfig",
+    "DataConfig",
+    "DeployConfig",
+    "EmbedConfig",
+    "EvaluateConfig",
+    "MonitorConfig",
+    "Params",
+    "ReferenceConfig",
+    "RegistryConfig",
+    "TrainEncoderConfig",
+    "TrainFusionConfig",
+    "ValidateChecks",
+    "ValidateConfig",
+    "load_params",
+    "parse_params",
+]

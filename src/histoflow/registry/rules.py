@@ -1,0 +1,101 @@
+"""The promotion rules, as a pure function of two versions' evidence (no registry access).
+
+Rules (``params.yaml`` ``registry``), checked in this order:
+
+1. ``floor``: no class recall of the challenger below ``min_class_recall``;
+2. ``margin``: the challenger's ``metric`` beats the champion's by more than ``min_improvement``;
+3. ``ci``: where the challenger has a CI for ``metric`` (``evaluate.json`` ``ci``), its lower
+   bound is not below the champion's point value (skipped, and said so, without one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from histoflow.config import RegistryConfig
+
+__all__ = ["Decision", "Evidence", "decide"]
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the rules read about one model version (from its run's metrics)."""
+
+    version: str
+    value: float
+    ci: tuple[float, float] | None
+    class_recall: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A promotion verdict: promoted or not, why, and each rule's check."""
+
+    version: str
+    promoted: bool
+    reason: str
+    metric: str
+    challenger_value: float
+    champion_value: float | None
+    champion_version: str | None
+    checks: dict[str, str] = field(default_factory=dict)  # rule -> "pass: ...", "fail: ...", ...
+
+
+def decide(challenger: Evidence, champion: Evidence | None, cfg: RegistryConfig) -> Decision:
+    """Apply the promotion rules (pure: no registry access)."""
+    checks: dict[str, str] = {}
+    failures: list[str] = []
+    low = {c: r for c, r in challenger.class_recall.items() if r < cfg.min_class_recall}
+    if low:
+        worst = ", ".join(f"{c} {r:.4f}" for c, r in sorted(low.items()))
+        failures.append(f"class recall below the floor {cfg.min_class_recall}: {worst}")
+        checks["floor"] = f"fail: {worst} < {cfg.min_class_recall}"
+    else:
+        checks["floor"] = f"pass: every class recall >= {cfg.min_class_recall}"
+    if champion is None:
+        checks["margin"] = checks["ci"] = "skipped: no champion yet"
+    else:
+        against = f"champion v{champion.version} {champion.value:.4f}"
+        beats = challenger.value > champion.value + cfg.min_improvement
+        checks["margin"] = (
+            f"{'pass' if beats else 'fail'}: {challenger.value:.4f} vs {against} "
+            f"+ {cfg.min_improvement}"
+        )
+        if not beats:
+            failures.append(
+                f"{cfg.metric} {challenger.value:.4f} does not beat {against} "
+                f"+ margin {cfg.min_improvement}"
+            )
+        if not cfg.ci_rule:
+            checks["ci"] = "skipped: registry.ci_rule is false"
+        elif challenger.ci is None:
+            checks["ci"] = "skipped: no CI recorded for the challenger"
+        else:
+            ok = challenger.ci[0] >= champion.value
+            checks["ci"] = (
+                f"{'pass' if ok else 'fail'}: lower bound {challenger.ci[0]:.4f} vs {against}"
+            )
+            if not ok:
+                failures.append(
+                    f"{cfg.metric} 95% CI lower bound {challenger.ci[0]:.4f} is below {against}"
+                )
+    if failures:
+        reason = "; ".join(failures)
+    elif champion is None:
+        reason = "no champion yet"
+    else:
+        reason = (
+            f"{cfg.metric} {challenger.value:.4f} beats champion v{champion.version} "
+            f"{champion.value:.4f} + margin {cfg.min_improvement}"
+            + (f" (CI lower bound {challenger.ci[0]:.4f})" if "pass" in checks["ci"] else "")
+        )
+    return Decision(
+        challenger.version,
+        not failures,
+        reason,
+        cfg.metric,
+        challenger.value,
+        None if champion is None else champion.value,
+        None if champion is None else champion.version,
+        checks,
+    )
