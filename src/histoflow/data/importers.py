@@ -31,7 +31,8 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from histoflow.data.sources import IMAGE_SUFFIXES, SPLIT_ALIASES, DataError
+from histoflow.data.images import IMAGE_SUFFIXES
+from histoflow.data.sources import SPLIT_ALIASES, DataError
 from histoflow.io import atomic_dir, write_json
 
 __all__ = ["FORMATS", "import_dataset"]

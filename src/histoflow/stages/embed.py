@@ -16,7 +16,7 @@ from tqdm import tqdm
 from histoflow.captions.text import TextEncoder
 from histoflow.captions.text_cache import encode_cached
 from histoflow.config import EmbedConfig, Params
-from histoflow.data.dataset import TileDataset
+from histoflow.data.datasets import TileDataset
 from histoflow.data.manifest import read_manifest
 from histoflow.inference import ImageEmbedder
 from histoflow.io import atomic_dir

@@ -28,8 +28,9 @@ from lightning.pytorch.plugins.io.torch_plugin import TorchCheckpointIO
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from histoflow.config import Params, TrainEncoderConfig
-from histoflow.data.dataset import TileDataset, create_transform
+from histoflow.data.datasets import TileDataset
 from histoflow.data.manifest import class_names, read_manifest
+from histoflow.data.transforms import create_transform
 from histoflow.device import pick_device, use_bf16
 from histoflow.io import atomic_path, write_json
 from histoflow.models.checkpoint import save_model

@@ -1,10 +1,13 @@
-"""Augmentations for encoder training and the crop-to-foreground preprocessing of MRI/CT.
+"""Image transforms: decoding to a normalised tensor, training augmentations, MRI/CT cropping.
 
-Every transform here works on a float tensor (3, H, W) in [0, 1], except
+:func:`create_transform` builds the whole pipeline (timm's verb-noun factory) from the pieces
+here. Every augmentation works on a float tensor (3, H, W) in [0, 1], except
 :class:`CropToForeground`, which runs first on the decoded uint8 image.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -15,14 +18,21 @@ from histoflow.config import AugmentConfig
 __all__ = [
     "FOREGROUND_MARGIN",
     "FOREGROUND_THRESHOLD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "CropToForeground",
     "RandomRot90",
     "StainJitter",
+    "create_transform",
     "foreground_box",
     "hed_to_rgb",
     "rgb_to_hed",
     "train_augmentations",
 ]
+
+# Normalisation of ImageNet-pretrained backbones, the default for every encoder.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Pixels brighter than this (greyscale, 0-255) are foreground: the brain MRI project thresholds
 # at 45 after a blur, which separates the head from the scanner background.
@@ -133,3 +143,38 @@ def train_augmentations(cfg: AugmentConfig) -> list[nn.Module]:
     if cfg.stain_scale or cfg.stain_shift:
         ops.append(StainJitter(cfg.stain_scale, cfg.stain_shift))
     return ops
+
+
+def create_transform(
+    image_size: int,
+    *,
+    train: bool,
+    augment: AugmentConfig | None = None,
+    crop_to_foreground: bool = False,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> v2.Compose:
+    """Decode to a normalised float tensor (3, S, S), augmenting when training.
+
+    Args:
+        image_size: output side S in pixels.
+        train: add ``augment``'s random transforms (random resized crop instead of the resize).
+        augment: the augmentations; None = the defaults (flips, 90-degree turns, mild colour
+            and stain jitter: those of params.yaml).
+        crop_to_foreground: crop to the box of non-background pixels first (MRI/CT); a model
+            trained with it records it and is always served with it.
+        mean, std: normalisation of the backbone.
+    """
+    augment = augment or AugmentConfig()
+    ops: list = [v2.ToImage()]
+    if crop_to_foreground:
+        ops.append(CropToForeground())
+    if train and augment.resized_crop is not None:
+        ops.append(v2.RandomResizedCrop(image_size, scale=augment.resized_crop, antialias=True))
+    else:
+        ops.append(v2.Resize((image_size, image_size), antialias=True))
+    ops.append(v2.ToDtype(torch.float32, scale=True))
+    if train:
+        ops += train_augmentations(augment)
+    ops.append(v2.Normalize(list(mean), list(std)))
+    return v2.Compose(ops)
