@@ -175,7 +175,7 @@ def _data_standin(args: argparse.Namespace) -> None:
 
 
 def _data_import(args: argparse.Namespace) -> None:
-    from histoflow.data.importers import import_dataset
+    from histoflow.data.ingest import import_dataset
 
     names = args.class_names.split(",") if args.class_names else None
     manifest = import_dataset(
