@@ -23,7 +23,8 @@ from prefect.cache_policies import NO_CACHE
 from histoflow.config import load_params
 from histoflow.data.images import load_rgb
 from histoflow.data.ingest.sources import read_source
-from histoflow.data.qc import DRIFT_FEATURES, feature_table
+from histoflow.data.quality.features import DRIFT_FEATURES
+from histoflow.data.quality.table import feature_table
 from histoflow.io import atomic_path, write_json
 from histoflow.monitoring.actions import take_action
 from histoflow.monitoring.inbox import clear_failure, pending_batches, record_failure

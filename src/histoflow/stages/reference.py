@@ -25,7 +25,7 @@ import pandas as pd
 from safetensors.numpy import save_file
 
 from histoflow.config import Params
-from histoflow.data.qc import DRIFT_FEATURES
+from histoflow.data.quality.features import DRIFT_FEATURES
 from histoflow.io import atomic_dir, write_json
 from histoflow.stages._feature_store import load_features
 

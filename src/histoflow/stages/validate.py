@@ -13,11 +13,11 @@ from pathlib import Path
 import pandas as pd
 
 from histoflow.config import Params
-from histoflow.data.contract import check_contract
-from histoflow.data.dedupe import cross_split_copies
 from histoflow.data.ingest.sources import assign_splits, read_source
-from histoflow.data.qc import feature_table
-from histoflow.data.report import write_validation_report
+from histoflow.data.quality.contract import check_contract
+from histoflow.data.quality.dedupe import cross_split_copies
+from histoflow.data.quality.report import write_validation_report
+from histoflow.data.quality.table import feature_table
 from histoflow.io import atomic_path, write_json
 
 __all__ = ["PARAMS", "QC_FAILURE_CHECKS", "ContractViolation", "Inputs", "Outputs", "run"]

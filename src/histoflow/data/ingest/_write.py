@@ -16,7 +16,7 @@ __all__ = ["check_out", "summary", "write_items"]
 
 
 def check_out(src: Path, out: Path, overwrite: bool) -> None:
-    """Refuse an output that is a file, a non-empty folder (unless ``overwrite``) or overlaps ``src``."""
+    """Refuse an output that is a file, is not empty (unless ``overwrite``) or overlaps ``src``."""
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"output {out} is a file; choose a folder path")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
