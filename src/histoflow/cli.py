@@ -161,7 +161,7 @@ def _data_synth(args: argparse.Namespace) -> None:
 
 
 def _data_standin(args: argparse.Namespace) -> None:
-    from histoflow.data.standins import make_standin
+    from histoflow.data.synthetic.standins import make_standin
 
     manifest = make_standin(
         args.kind,
