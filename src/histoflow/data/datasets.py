@@ -25,6 +25,15 @@ class TileDataset(Dataset):
         *,
         return_index: bool = False,
     ):
+        """Index the tiles; nothing is read until an item is asked for.
+
+        Args:
+            root: Folder the paths are relative to.
+            paths: Image paths, one per item.
+            labels: Integer label per path, or None for unlabelled images.
+            transform: Turns the decoded RGB image into the item's tensor.
+            return_index: Items are ``(image, label, index)`` instead of ``(image, label)``.
+        """
         self.root = Path(root)
         self.paths = list(paths)
         self.labels = None if labels is None else list(labels)
@@ -32,9 +41,11 @@ class TileDataset(Dataset):
         self.return_index = return_index  # items (image, label, index): to name bad samples
 
     def __len__(self) -> int:
+        """Number of tiles."""
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple:
+        """Tile ``i`` decoded and transformed, with its label (and index)."""
         image = self.transform(load_rgb(self.root / self.paths[i]))
         label = -1 if self.labels is None else self.labels[i]
         return (image, label, i) if self.return_index else (image, label)

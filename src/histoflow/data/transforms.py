@@ -66,14 +66,19 @@ def hed_to_rgb(hed: torch.Tensor) -> torch.Tensor:
 
 
 class StainJitter(nn.Module):
-    """H&E stain augmentation (Tellez et al. 2018): each HED channel ``s`` becomes
-    ``s * U(1 - scale, 1 + scale) + U(-shift, shift)``, then back to RGB."""
+    """H&E stain augmentation (Tellez et al. 2018) in HED colour space.
+
+    Each HED channel ``s`` becomes ``s * U(1 - scale, 1 + scale) + U(-shift, shift)``, then
+    the image goes back to RGB.
+    """
 
     def __init__(self, scale: float, shift: float):
+        """Jitter each stain's density by up to ``scale`` (relative) and ``shift`` (absolute)."""
         super().__init__()
         self.scale, self.shift = scale, shift
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Jitter a (3, H, W) RGB image in [0, 1]; the same dtype comes back."""
         hed = rgb_to_hed(image.float(), clip=False)
         alpha = 1 + (torch.rand(3, 1, 1) * 2 - 1) * self.scale
         beta = (torch.rand(3, 1, 1) * 2 - 1) * self.shift
@@ -84,6 +89,7 @@ class RandomRot90(nn.Module):
     """Rotate by a random multiple of 90 degrees (exact, no interpolation)."""
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Turn a (..., H, W) image by 0, 90, 180 or 270 degrees, at random."""
         k = int(torch.randint(4, ()))
         return torch.rot90(image, k, dims=(-2, -1)) if k else image
 
@@ -119,6 +125,7 @@ class CropToForeground(nn.Module):
     """Crop a scan to the box around its above-threshold pixels (MRI/CT background removal)."""
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Crop a (C, H, W) uint8 image to :func:`foreground_box`; an all-dark one stays whole."""
         box = foreground_box(image)
         if box is None:  # an all-dark image: nothing to crop to, keep it whole
             return image
@@ -163,7 +170,8 @@ def create_transform(
             and stain jitter: those of params.yaml).
         crop_to_foreground: crop to the box of non-background pixels first (MRI/CT); a model
             trained with it records it and is always served with it.
-        mean, std: normalisation of the backbone.
+        mean: per-channel mean of the backbone's normalisation.
+        std: per-channel standard deviation of the backbone's normalisation.
     """
     augment = augment or AugmentConfig()
     ops: list = [v2.ToImage()]
