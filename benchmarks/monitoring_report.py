@@ -33,10 +33,11 @@ from _machine import machine_info  # benchmarks/ is on sys.path when run as a sc
 
 from histoflow.captions.text import TextEncoder
 from histoflow.config import MonitorConfig
-from histoflow.data.dataset import IMAGENET_MEAN, IMAGENET_STD
 from histoflow.data.images import load_rgb
-from histoflow.data.qc import DRIFT_FEATURES, feature_table
+from histoflow.data.quality.features import DRIFT_FEATURES
+from histoflow.data.quality.table import feature_table
 from histoflow.data.synthetic import generate
+from histoflow.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from histoflow.inference import Predictor
 from histoflow.io import write_json
 from histoflow.models.checkpoint import save_model

@@ -1,4 +1,4 @@
-"""Throughput and peak memory of :func:`histoflow.data.qc.feature_table` on small PNG tiles.
+"""Throughput and peak memory of :func:`~histoflow.data.quality.table.feature_table` on PNG tiles.
 
 Usage::
 
@@ -32,7 +32,7 @@ import pandas as pd
 from _machine import machine_info  # benchmarks/ is on sys.path when run as a script
 from PIL import Image
 
-from histoflow.data.qc import feature_table
+from histoflow.data.quality.table import feature_table
 from histoflow.data.synthetic import generate
 from histoflow.io import write_json
 

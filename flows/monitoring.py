@@ -21,7 +21,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from histoflow.config import load_params
-from histoflow.data.qc import feature_table
+from histoflow.data.quality.table import feature_table
 from histoflow.monitoring.batch import readable_files, report_batch
 from histoflow.monitoring.inbox import clear_failure, pending_batches, record_failure
 from histoflow.monitoring.reference import Reference, load_reference

@@ -87,7 +87,7 @@ def test_predict_with_the_champion(trained_project, tiny_data, monkeypatch, tmp_
 
 
 def test_data_import_folder_then_validate_layout(tmp_path, tiny_data):
-    from histoflow.data.sources import read_source
+    from histoflow.data.ingest.sources import read_source
 
     src = tmp_path / "src"
     for label in ("adipose", "stroma"):

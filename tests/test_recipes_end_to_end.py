@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 from conftest import REPO, TINY
 from histoflow.config import parse_params
-from histoflow.data.standins import make_standin
+from histoflow.data.synthetic.standins import make_standin
 from histoflow.models.checkpoint import read_model_json
 from histoflow.models.foundation import hash_weights
 from histoflow.recipes import resolve_recipe

@@ -18,8 +18,8 @@ from PIL import Image
 
 from histoflow.captions import create_captioner
 from histoflow.captions.text import TextEncoder
-from histoflow.data.dataset import create_transform
 from histoflow.data.images import load_rgb
+from histoflow.data.transforms import create_transform
 from histoflow.device import autocast, pick_device, use_bf16
 from histoflow.models.checkpoint import load_encoder, load_fusion
 from histoflow.models.encoder import encode_images

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from histoflow.data.sources import IMAGE_SUFFIXES
+from histoflow.data.images import IMAGE_SUFFIXES
 
 __all__ = ["collect_images", "predict_paths", "write_predictions"]
 

@@ -163,7 +163,7 @@ def test_white_holes_inside_tissue_are_vacuoles(captioner: MorphologyCaptioner) 
 
 def test_qc_values_from_validate_are_reused_and_agree(tmp_path):
     """Given validate's row, the captioner takes its values; they equal its own measurements."""
-    from histoflow.data.qc import image_features
+    from histoflow.data.quality.features import image_features
 
     rng = np.random.default_rng(3)
     pixels = np.full((48, 48, 3), 235, np.uint8)

@@ -11,7 +11,8 @@ import torch
 from safetensors import safe_open
 
 from histoflow.config import TrainEncoderConfig
-from histoflow.data.dataset import TileDataset, create_transform
+from histoflow.data.datasets import TileDataset
+from histoflow.data.transforms import create_transform
 from histoflow.embeddings.store import SafetensorsStream, load_features
 from histoflow.models.checkpoint import load_encoder, model_fingerprint, save_model
 from histoflow.models.encoder import create_encoder_from_params, encode_images, encoder_description

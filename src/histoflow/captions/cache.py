@@ -25,7 +25,7 @@ __all__ = ["MORPHOLOGY_REVISION", "CacheKey", "CaptionCache", "key_for", "prompt
 
 # Modules whose code decides the morphology captioner's wording: the captioner and the
 # colour/stain maps it measures with.
-_MORPHOLOGY_SOURCES = ("histoflow.captions.morphology", "histoflow.data.qc")
+_MORPHOLOGY_SOURCES = ("histoflow.captions.morphology", "histoflow.data.quality.features")
 # SQLite allows 32,766 host parameters per statement since 3.32; stay far below older limits.
 _CHUNK = 900
 _BUSY_TIMEOUT_MS = 30_000

@@ -2,8 +2,9 @@
 
 Each image takes one of three routes, in this order:
 
-1. **Background**: less than 5% tissue (the tissue rule of :mod:`histoflow.data.qc`: anything
-   not bright and unsaturated) gives "no tissue; blank bright background ...".
+1. **Background**: less than 5% tissue (the tissue rule of
+   :mod:`histoflow.data.quality.features`: anything not bright and unsaturated) gives "no
+   tissue; blank bright background ...".
 2. **Greyscale or non-H&E colour** (MRI, CT, X-ray, photographs): intensity, contrast, the
    bright-foreground share (Otsu), left-right symmetry and texture.
 3. **H&E-like** (green is the darkest channel in most tissue pixels, as in pink and purple):
@@ -34,7 +35,12 @@ from PIL import Image
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from histoflow.data.qc import colour_maps, is_greyscale, stain_optical_density, to_rgb_float
+from histoflow.data.quality.features import (
+    colour_maps,
+    is_greyscale,
+    stain_optical_density,
+    to_rgb_float,
+)
 
 __all__ = ["MEASUREMENTS", "QC_REUSED", "MorphologyCaptioner"]
 

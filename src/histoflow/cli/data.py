@@ -59,7 +59,7 @@ def _data_synth(args: argparse.Namespace) -> None:
 
 
 def _data_standin(args: argparse.Namespace) -> None:
-    from histoflow.data.standins import make_standin
+    from histoflow.data.synthetic.standins import make_standin
 
     manifest = make_standin(
         args.kind,
@@ -73,7 +73,7 @@ def _data_standin(args: argparse.Namespace) -> None:
 
 
 def _data_import(args: argparse.Namespace) -> None:
-    from histoflow.data.importers import import_dataset
+    from histoflow.data.ingest import import_dataset
 
     names = args.class_names.split(",") if args.class_names else None
     manifest = import_dataset(

@@ -1,4 +1,24 @@
-"""Data: sources and splits, per-image QC, the Great Expectations contract, torch datasets,
-and the synthetic H&E generator. Import the submodule you need (they pull in heavy libraries)."""
+"""Data: getting images in, checking them, and feeding them to models.
 
-__all__ = ["contract", "dataset", "qc", "sources", "synthetic"]
+- :mod:`~histoflow.data.ingest`: read a dataset into one table with splits; import public
+  formats (folder, CSV, MedMNIST, BreakHis, PCam) into the standard layout;
+- :mod:`~histoflow.data.quality`: per-image QC, the Great Expectations data contract,
+  perceptual hashing and near duplicates, cross-split dedupe, the validation report;
+- :mod:`~histoflow.data.synthetic`: the synthetic H&E generator and the recipes' stand-ins;
+- :mod:`~histoflow.data.manifest`: the splits and the per-image table stages pass on;
+- :mod:`~histoflow.data.images`: decoding image files (PIL only, no torch);
+- :mod:`~histoflow.data.transforms` and :mod:`~histoflow.data.datasets`: torch transforms,
+  augmentations and the tile dataset.
+
+Import the module you need: most pull in heavy libraries (torch, Great Expectations).
+"""
+
+__all__ = [
+    "datasets",
+    "images",
+    "ingest",
+    "manifest",
+    "quality",
+    "synthetic",
+    "transforms",
+]

@@ -1,6 +1,6 @@
-"""Decoding image files to 8-bit RGB, with PIL only.
+"""Image files: which suffixes count as images, and decoding them to 8-bit RGB with PIL only.
 
-Apart from the torch datasets (:mod:`histoflow.data.dataset`) so that what only reads images
+Apart from the torch datasets (:mod:`histoflow.data.datasets`) so that what only reads images
 (the captions stage and its gallery, the MLflow model's input decoding, the monitoring flow)
 does not import torch and torchvision: 5 s and 600 MiB per process here.
 """
@@ -11,7 +11,10 @@ from pathlib import Path
 
 from PIL import Image
 
-__all__ = ["load_rgb", "to_rgb"]
+__all__ = ["IMAGE_SUFFIXES", "load_rgb", "to_rgb"]
+
+# File suffixes read as images (compared lower-case) when scanning a folder.
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"})
 
 
 def load_rgb(path: str | Path) -> Image.Image:

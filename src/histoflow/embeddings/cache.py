@@ -15,7 +15,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from histoflow.data.dataset import TileDataset
+from histoflow.data.datasets import TileDataset
 from histoflow.inference import ImageEmbedder
 
 __all__ = ["ImageEmbeddingCache", "embed_missing"]

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from histoflow.data.dataset import IMAGENET_MEAN, IMAGENET_STD
+from histoflow.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["InputNorm", "encode_timm"]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from histoflow.data.dataset import IMAGENET_MEAN, IMAGENET_STD
+from histoflow.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from histoflow.io import atomic_dir
 from histoflow.models.encoder import build_encoder
 from histoflow.models.fusion import FusionConfig, FusionNet

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from histoflow.config import TrainEncoderConfig
-from histoflow.data.dataset import IMAGENET_MEAN, IMAGENET_STD
+from histoflow.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from histoflow.models._common import encode_timm
 from histoflow.models.foundation import (
     PRESETS,

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from histoflow.config import MonitorConfig
-from histoflow.data.sources import read_source
+from histoflow.data.ingest.sources import read_source
 from histoflow.io import atomic_path, write_json
 from histoflow.monitoring.actions import take_action
 from histoflow.monitoring.data import CONFIDENCE, PREDICTED, MonitorData

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from safetensors.numpy import load_file, save_file
 
-from histoflow.data.qc import DRIFT_FEATURES
+from histoflow.data.quality.features import DRIFT_FEATURES
 from histoflow.io import atomic_dir, write_json
 from histoflow.monitoring.data import CONFIDENCE, PREDICTED, MonitorData
 

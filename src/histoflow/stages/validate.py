@@ -50,11 +50,11 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     # Great Expectations and the QC libraries load here, not at import: flows read Outputs.
     import pandas as pd
 
-    from histoflow.data.contract import check_contract
-    from histoflow.data.dedupe import cross_split_copies
-    from histoflow.data.qc import feature_table
-    from histoflow.data.report import write_validation_report
-    from histoflow.data.sources import assign_splits, read_source
+    from histoflow.data.ingest.sources import assign_splits, read_source
+    from histoflow.data.quality.contract import check_contract
+    from histoflow.data.quality.dedupe import cross_split_copies
+    from histoflow.data.quality.report import write_validation_report
+    from histoflow.data.quality.table import feature_table
 
     table = read_source(inputs.data, cfg.data.manifest, cfg.data.label_column)
     table = assign_splits(

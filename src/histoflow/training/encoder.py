@@ -25,7 +25,8 @@ from torch import nn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from histoflow.config import TrainEncoderConfig
-from histoflow.data.dataset import TileDataset, create_transform
+from histoflow.data.datasets import TileDataset
+from histoflow.data.transforms import create_transform
 from histoflow.device import pick_device, use_bf16
 from histoflow.training.callbacks import History
 from histoflow.training.checkpoints import (

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from histoflow.data.images import IMAGE_SUFFIXES
 from histoflow.data.manifest import SPLITS
 
-__all__ = ["IMAGE_SUFFIXES", "SPLIT_ALIASES", "DataError", "assign_splits", "read_source"]
+__all__ = ["SPLIT_ALIASES", "DataError", "assign_splits", "read_source"]
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"})
 # Folder and column spellings of each split.
 SPLIT_ALIASES = {
     "train": "train",

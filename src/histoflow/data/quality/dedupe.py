@@ -13,8 +13,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from histoflow.data.duplicates import near_duplicate_pairs
 from histoflow.data.manifest import SPLITS
+from histoflow.data.quality.hashing import near_duplicate_pairs
 
 __all__ = ["cross_split_copies"]
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from histoflow.data.sources import DataError, assign_splits, read_source
+from histoflow.data.ingest.sources import DataError, assign_splits, read_source
 
 
 def _image(path, value=128):

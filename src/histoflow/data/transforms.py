@@ -1,10 +1,13 @@
-"""Augmentations for encoder training and the crop-to-foreground preprocessing of MRI/CT.
+"""Image transforms: decoding to a normalised tensor, training augmentations, MRI/CT cropping.
 
-Every transform here works on a float tensor (3, H, W) in [0, 1], except
+:func:`create_transform` builds the whole pipeline (timm's verb-noun factory) from the pieces
+here. Every augmentation works on a float tensor (3, H, W) in [0, 1], except
 :class:`CropToForeground`, which runs first on the decoded uint8 image.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -15,14 +18,21 @@ from histoflow.config import AugmentConfig
 __all__ = [
     "FOREGROUND_MARGIN",
     "FOREGROUND_THRESHOLD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "CropToForeground",
     "RandomRot90",
     "StainJitter",
+    "create_transform",
     "foreground_box",
     "hed_to_rgb",
     "rgb_to_hed",
     "train_augmentations",
 ]
+
+# Normalisation of ImageNet-pretrained backbones, the default for every encoder.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Pixels brighter than this (greyscale, 0-255) are foreground: the brain MRI project thresholds
 # at 45 after a blur, which separates the head from the scanner background.
@@ -56,14 +66,19 @@ def hed_to_rgb(hed: torch.Tensor) -> torch.Tensor:
 
 
 class StainJitter(nn.Module):
-    """H&E stain augmentation (Tellez et al. 2018): each HED channel ``s`` becomes
-    ``s * U(1 - scale, 1 + scale) + U(-shift, shift)``, then back to RGB."""
+    """H&E stain augmentation (Tellez et al. 2018) in HED colour space.
+
+    Each HED channel ``s`` becomes ``s * U(1 - scale, 1 + scale) + U(-shift, shift)``, then
+    the image goes back to RGB.
+    """
 
     def __init__(self, scale: float, shift: float):
+        """Jitter each stain's density by up to ``scale`` (relative) and ``shift`` (absolute)."""
         super().__init__()
         self.scale, self.shift = scale, shift
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Jitter a (3, H, W) RGB image in [0, 1]; the same dtype comes back."""
         hed = rgb_to_hed(image.float(), clip=False)
         alpha = 1 + (torch.rand(3, 1, 1) * 2 - 1) * self.scale
         beta = (torch.rand(3, 1, 1) * 2 - 1) * self.shift
@@ -74,6 +89,7 @@ class RandomRot90(nn.Module):
     """Rotate by a random multiple of 90 degrees (exact, no interpolation)."""
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Turn a (..., H, W) image by 0, 90, 180 or 270 degrees, at random."""
         k = int(torch.randint(4, ()))
         return torch.rot90(image, k, dims=(-2, -1)) if k else image
 
@@ -109,6 +125,7 @@ class CropToForeground(nn.Module):
     """Crop a scan to the box around its above-threshold pixels (MRI/CT background removal)."""
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Crop a (C, H, W) uint8 image to :func:`foreground_box`; an all-dark one stays whole."""
         box = foreground_box(image)
         if box is None:  # an all-dark image: nothing to crop to, keep it whole
             return image
@@ -133,3 +150,39 @@ def train_augmentations(cfg: AugmentConfig) -> list[nn.Module]:
     if cfg.stain_scale or cfg.stain_shift:
         ops.append(StainJitter(cfg.stain_scale, cfg.stain_shift))
     return ops
+
+
+def create_transform(
+    image_size: int,
+    *,
+    train: bool,
+    augment: AugmentConfig | None = None,
+    crop_to_foreground: bool = False,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> v2.Compose:
+    """Decode to a normalised float tensor (3, S, S), augmenting when training.
+
+    Args:
+        image_size: output side S in pixels.
+        train: add ``augment``'s random transforms (random resized crop instead of the resize).
+        augment: the augmentations; None = the defaults (flips, 90-degree turns, mild colour
+            and stain jitter: those of params.yaml).
+        crop_to_foreground: crop to the box of non-background pixels first (MRI/CT); a model
+            trained with it records it and is always served with it.
+        mean: per-channel mean of the backbone's normalisation.
+        std: per-channel standard deviation of the backbone's normalisation.
+    """
+    augment = augment or AugmentConfig()
+    ops: list = [v2.ToImage()]
+    if crop_to_foreground:
+        ops.append(CropToForeground())
+    if train and augment.resized_crop is not None:
+        ops.append(v2.RandomResizedCrop(image_size, scale=augment.resized_crop, antialias=True))
+    else:
+        ops.append(v2.Resize((image_size, image_size), antialias=True))
+    ops.append(v2.ToDtype(torch.float32, scale=True))
+    if train:
+        ops += train_augmentations(augment)
+    ops.append(v2.Normalize(list(mean), list(std)))
+    return v2.Compose(ops)

@@ -1,4 +1,4 @@
-"""Augmentations: H&E stain jitter, 90-degree turns, crop to foreground, the train transform."""
+"""Transforms: H&E stain jitter, 90-degree turns, crop to foreground, the train transform."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ from PIL import Image
 from skimage.color import rgb2hed
 
 from histoflow.config import AugmentConfig
-from histoflow.data.augment import (
+from histoflow.data.transforms import (
     CropToForeground,
     RandomRot90,
     StainJitter,
+    create_transform,
     foreground_box,
     hed_to_rgb,
     rgb_to_hed,
 )
-from histoflow.data.dataset import create_transform
 
 
 def _tissue(seed: int = 0) -> torch.Tensor:

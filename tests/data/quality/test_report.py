@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from histoflow.config import ValidateConfig
-from histoflow.data.contract import check_contract
-from histoflow.data.qc import image_features
-from histoflow.data.report import write_validation_report
+from histoflow.data.quality.contract import check_contract
+from histoflow.data.quality.features import image_features
+from histoflow.data.quality.report import write_validation_report
 
 CLASSES = ["normal", "tumor"]
 # Greyscale (mode L), so a contract error lists it; its name breaks unescaped HTML.

@@ -11,38 +11,20 @@ from __future__ import annotations
 
 import base64
 import html
-import io
-import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-# A bare Figure renders with Agg and touches no pyplot state or display.
-from matplotlib.figure import Figure
-from PIL import Image
-
-from histoflow.data.contract import ContractResult, Violation
 from histoflow.data.manifest import SPLITS
-from histoflow.data.qc import to_rgb_float
+from histoflow.data.quality.contract import ContractResult, Violation
+from histoflow.data.quality.figures import class_montage, feature_histograms
 from histoflow.io import atomic_path, write_json
 
-__all__ = ["HISTOGRAM_FEATURES", "write_validation_report"]
+__all__ = ["write_validation_report"]
 
-HISTOGRAM_FEATURES: tuple[str, ...] = (
-    "brightness",
-    "contrast",
-    "blur",
-    "tissue_fraction",
-    "od_hematoxylin",
-    "od_eosin",
-)
-_TILE = 64  # montage tile side, px
-_GAP = 2  # white space between tiles, px
 _LISTED = 20  # files listed per failed check; the rest are counted
-_BINS = 30
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
 h1 .pass { color: #1a7f37; } h1 .fail { color: #c62828; }
@@ -73,7 +55,8 @@ def write_validation_report(
     Args:
         table: The per-image table the contract ran on (``path``, ``label``, ``split``,
             ``readable`` and the QC columns; absent QC columns are left out of the plots).
-        result: What :func:`~histoflow.data.contract.check_contract` returned for ``table``.
+        result: What :func:`~histoflow.data.quality.contract.check_contract` returned for
+            ``table``.
         out_dir: Report folder; created if needed. Each file is written atomically.
         data_root: Folder the table's paths are relative to; montage tiles load from here.
         classes: Labels in display order.
@@ -101,14 +84,14 @@ def write_validation_report(
     for stale in out_dir.glob("montage_*.png"):  # classes dropped since the last run
         stale.unlink()
     for label in classes:
-        png = _montage(table, label, Path(data_root), max_montage)
+        png = class_montage(table, label, Path(data_root), max_montage)
         if png is not None:
             name = f"montage_{re.sub(r'[^A-Za-z0-9._-]+', '_', label)}.png"
             with atomic_path(out_dir / name) as tmp:
                 tmp.write_bytes(png)
             montages[label] = png
 
-    page = _page(table, result, counts, reasons, _histograms(table), montages, data_root)
+    page = _page(table, result, counts, reasons, feature_histograms(table), montages, data_root)
     path = out_dir / "report.html"
     with atomic_path(path) as tmp:
         tmp.write_text(page, encoding="utf-8")
@@ -135,89 +118,6 @@ def _reasons(result: ContractResult, excluded: Sequence[str]) -> dict[str, list[
             if v.check not in reasons[p]:
                 reasons[p].append(v.check)
     return reasons
-
-
-def _montage(table: pd.DataFrame, label: str, root: Path, limit: int) -> bytes | None:
-    """PNG of up to ``limit`` tiles of ``label``, spread over the table; None if none load."""
-    paths = table.loc[(table["label"] == label) & _readable(table)]
-    paths = paths["path"].dropna().tolist()
-    if len(paths) > limit:  # evenly spaced rather than the first few: more sites and patients
-        paths = [paths[i] for i in np.linspace(0, len(paths) - 1, limit).round().astype(int)]
-    tiles = [t for t in (_tile(root / p) for p in paths) if t is not None]
-    if not tiles:
-        return None
-    cols = math.ceil(math.sqrt(len(tiles)))
-    rows = math.ceil(len(tiles) / cols)
-    step = _TILE + _GAP
-    sheet = Image.new("RGB", (cols * step - _GAP, rows * step - _GAP), "white")
-    for k, tile in enumerate(tiles):
-        sheet.paste(tile, ((k % cols) * step, (k // cols) * step))
-    return _png(sheet)
-
-
-def _tile(path: Path) -> Image.Image | None:
-    try:
-        with Image.open(path) as img:
-            img.draft("RGB", (_TILE, _TILE))  # JPEG: decode at reduced scale, much faster
-            img.thumbnail((_TILE, _TILE))
-            rgb = (to_rgb_float(img) * 255).round().astype(np.uint8)  # (h, w, 3)
-    except Exception:  # a file that vanished or broke since QC just leaves a gap
-        return None
-    small = Image.fromarray(rgb)
-    scale = _TILE / max(small.size)  # > 1 for tiles smaller than _TILE
-    small = small.resize((round(small.width * scale), round(small.height * scale)))
-    tile = Image.new("RGB", (_TILE, _TILE), "white")
-    tile.paste(small, ((_TILE - small.width) // 2, (_TILE - small.height) // 2))
-    return tile
-
-
-def _histograms(table: pd.DataFrame) -> bytes | None:
-    """PNG with one panel per QC feature, one outline histogram per split."""
-    features = [f for f in HISTOGRAM_FEATURES if f in table]
-    if not features:
-        return None
-    readable = table[_readable(table)]
-    splits = [*SPLITS, *sorted(set(readable["split"].dropna()) - set(SPLITS))]
-    fig = Figure(figsize=(12, 6.5), layout="constrained")
-    axes = fig.subplots(2, 3).ravel()
-    for ax, feature in zip(axes, features, strict=False):
-        values = pd.to_numeric(readable[feature], errors="coerce")
-        finite = values[np.isfinite(values)]
-        ax.set_title(feature)
-        if finite.empty:
-            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
-            continue
-        low, high = finite.min(), finite.max()
-        if feature == "blur":
-            # The variance of the Laplacian spans decades: log bins keep sharp and soft apart.
-            # Below 1 an image is flat; those land in the first bin.
-            bins = np.geomspace(1.0, max(high, 10.0), _BINS + 1)
-            values = values.clip(lower=1.0)
-            ax.set_xscale("log")
-        else:
-            bins = np.linspace(low, high if high > low else low + 1, _BINS + 1)
-        for split in splits:
-            part = values[(readable["split"] == split) & np.isfinite(values)]
-            if len(part):
-                ax.hist(part, bins=bins, histtype="step", linewidth=1.5, label=split)
-        ax.set_ylabel("images")
-    for ax in axes[len(features) :]:
-        ax.set_axis_off()
-    axes[0].legend(title="split")
-    return _png(fig)
-
-
-def _readable(table: pd.DataFrame) -> pd.Series:
-    return table["readable"].astype("boolean").fillna(False).astype(bool)
-
-
-def _png(image: Image.Image | Figure) -> bytes:
-    buffer = io.BytesIO()
-    if isinstance(image, Figure):
-        image.savefig(buffer, format="png", dpi=80)
-    else:
-        image.save(buffer, format="PNG", optimize=False)
-    return buffer.getvalue()
 
 
 def _img(png: bytes, alt: str) -> str:
