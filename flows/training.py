@@ -1,5 +1,7 @@
-"""Prefect flow ``histoflow-training``: the DVC stages in DAG order, one task each, then
-MLflow logging, registration as ``challenger`` and gated promotion to ``champion``.
+"""Prefect flow ``histoflow-training``: the DVC stages, then registration and promotion.
+
+The DVC stages run in DAG order, one task each, then MLflow logging, registration as
+``challenger`` and gated promotion to ``champion``.
 
 DVC decides what is stale; this flow adds retries (transient failures only, exponential
 backoff), logs, the registry and promotion. Stages run one at a time (DVC also holds a

@@ -1,3 +1,5 @@
+"""``python -m histoflow``: the ``histoflow`` command."""
+
 import sys
 
 from histoflow.cli import main

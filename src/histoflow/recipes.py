@@ -24,7 +24,7 @@ __all__ = ["apply_recipe", "default_params", "load_recipe", "resolve_recipe"]
 
 
 def default_params() -> dict:
-    """histoflow's default params as plain YAML-ready data (section names as in the file)."""
+    """Histoflow's default params as plain YAML-ready data (section names as in the file)."""
     sections = [f.alias or name for name, f in Params.model_fields.items()]
     return Params.model_validate({s: {} for s in sections}).model_dump(mode="json", by_alias=True)
 

@@ -1,5 +1,4 @@
-"""Captions: the morphology captioner, the vision-language captioner, the caption cache and the
-caption text encoder."""
+"""Captions: the morphology and vision-language captioners, the caption cache, the text encoder."""
 
 from __future__ import annotations
 

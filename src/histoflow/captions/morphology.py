@@ -158,6 +158,7 @@ class MorphologyCaptioner:
         return _intensity_caption(m)
 
     def __call__(self, image: Image.Image) -> str:
+        """The caption of ``image`` (:meth:`caption` without QC values)."""
         return self.caption(image)
 
 

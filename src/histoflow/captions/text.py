@@ -25,6 +25,8 @@ _ROWS = 32  # texts per forward pass, always (see TextEncoder.encode)
 
 @dataclass(frozen=True)
 class TextEmbeddings:
+    """A batch of texts encoded: token embeddings, their mask, and the pooled sentence vector."""
+
     tokens: torch.Tensor  # (N, L, D) last hidden state, zero where padded
     mask: torch.Tensor  # (N, L) bool, True for real tokens
     pooled: torch.Tensor  # (N, D) mean-pooled and L2-normalised sentence embedding

@@ -153,6 +153,7 @@ class VLMCaptioner:
         return [caption.strip() for caption in captions]
 
     def __call__(self, image: Image.Image) -> str:
+        """The caption of one image."""
         return self.caption_batch([image])[0]
 
 
@@ -223,7 +224,7 @@ def _folder_sha256(folder: Path) -> str:
 
 
 def _render_prompt(processor: Any, prompt: str) -> str:
-    """The text of one user turn holding an image and ``prompt``, ready for generation.
+    r"""The text of one user turn holding an image and ``prompt``, ready for generation.
 
     Uses the processor's chat template; without one, the common ``<image>\\n{prompt}`` layout
     with the processor's own image placeholder.

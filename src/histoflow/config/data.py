@@ -1,5 +1,4 @@
-"""Sections ``data`` (where the images are, how splits are made) and ``validate`` (the data
-contract)."""
+"""Sections ``data`` (where the images are, how splits are made) and ``validate`` (the contract)."""
 
 from __future__ import annotations
 
@@ -14,6 +13,8 @@ __all__ = ["DataConfig", "Level", "ValidateChecks", "ValidateConfig"]
 
 
 class DataConfig(Section):
+    """Where the images are, which column is the class, and how splits are made."""
+
     root: Path = Path("data")
     manifest: str = "manifest.csv"
     label_column: str = Field("label", min_length=1)  # manifest column holding the class
@@ -60,6 +61,8 @@ class ValidateChecks(Section):
 
 
 class ValidateConfig(Section):
+    """The data contract: allowed images, QC thresholds, deduplication and check levels."""
+
     allowed_modes: tuple[
         Literal["RGB", "RGBA", "L", "LA", "P", "I;16", "I", "F", "1", "CMYK"], ...
     ] = ("RGB",)

@@ -19,6 +19,8 @@ class CrossGroupConfig(Section):
 
 
 class EvaluateConfig(Section):
+    """How the test split is scored: CIs, calibration bins, breakdowns, protocols, panels."""
+
     batch_size: int = Field(256, ge=1)
     bootstrap: int = Field(1000, ge=10)  # resamples for the 95% confidence intervals
     seed: int = 0  # of the bootstrap resamples

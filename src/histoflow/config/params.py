@@ -41,6 +41,7 @@ class Params(Section):
 
     @property
     def validate(self) -> ValidateConfig:  # type: ignore[override]
+        """The ``validate`` section (``validate`` is a pydantic method name, hence the alias)."""
         return self.validate_
 
 

@@ -1,5 +1,4 @@
-"""Sections of the stages that build the model: ``captions``, ``train_encoder`` (with its
-``augment``), ``embed`` and ``train_fusion``."""
+"""Sections of the stages that build the model: captions, train_encoder, embed, train_fusion."""
 
 from __future__ import annotations
 
@@ -58,6 +57,8 @@ class AugmentConfig(Section):
 
 
 class TrainEncoderConfig(Section):
+    """The image encoder and its fine-tuning recipe."""
+
     backbone: str = (
         "resnet18"  # timm name, foundation-model id (models.foundation.PRESETS) or hybrid
     )
@@ -105,6 +106,8 @@ class TrainEncoderConfig(Section):
 
 
 class EmbedConfig(Section):
+    """How image and caption tokens are computed and cached."""
+
     batch_size: int = Field(128, ge=1)
     token_grid: int = Field(4, ge=1, le=16)
     text_model: str = "all-MiniLM-L6-v2"
@@ -115,6 +118,8 @@ class EmbedConfig(Section):
 
 
 class TrainFusionConfig(Section):
+    """The fusion network, its ablations and their shared training recipe."""
+
     width: int = Field(128, ge=8)
     layers: int = Field(2, ge=1)
     heads: int = Field(4, ge=1)

@@ -97,8 +97,12 @@ def load_features(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
 
 
 def feature_dims(tensors: dict[str, torch.Tensor]) -> dict[str, int]:
-    """The widths a classifier on these features needs: ``image_dim``, ``text_dim``,
-    ``image_tokens`` (keyword arguments of :meth:`FusionConfig.from_params`)."""
+    """The widths a classifier on these features needs.
+
+    Returns:
+        ``image_dim``, ``text_dim`` and ``image_tokens``: keyword arguments of
+        :meth:`histoflow.models.fusion.FusionConfig.from_params`.
+    """
     return {
         "image_dim": int(tensors["image_tokens"].shape[2]),
         "text_dim": int(tensors["text_tokens"].shape[2]),

@@ -116,10 +116,12 @@ def explain_maps(
     """Saliency maps for a batch, one per encoder branch.
 
     Args:
-        encoder, fusion: the trained networks (any device; float32).
+        encoder: the trained encoder (any device; float32).
+        fusion: the trained fusion network, on the same device.
         grid: the token grid used by ``embed``.
         images: (B, 3, S, S) normalised images on the encoder's device.
-        text_tokens, text_mask: (B, L, Dt), (B, L): each tile's cached caption tokens.
+        text_tokens: (B, L, Dt) each tile's cached caption tokens.
+        text_mask: (B, L) their mask.
         targets: (B,) class explained per image (the predicted class).
 
     Returns:

@@ -1,5 +1,7 @@
-"""Plots a person looks at, saved as PNG: confusion matrices, ROC and PR curves, reliability,
-probability histograms and training curves."""
+"""Plots a person looks at, saved as PNG.
+
+Confusion matrices, ROC and PR curves, reliability, probability histograms, training curves.
+"""
 
 from __future__ import annotations
 
@@ -41,8 +43,7 @@ def write_plots(
     *,
     bins: int = 15,
 ) -> list[Path]:
-    """Every evaluation plot, into a fresh ``folder`` that replaces the old one only when all
-    are written.
+    """Write every evaluation plot into a fresh ``folder``, swapped in once all are written.
 
     Args:
         folder: the plots folder.

@@ -30,6 +30,11 @@ def save_model(folder: Path, module: nn.Module, description: dict) -> None:
 
 
 def read_model_json(folder: Path) -> dict:
+    """A model folder's description (``model.json``).
+
+    Raises:
+        FileNotFoundError: ``folder`` is not a model folder.
+    """
     path = Path(folder) / "model.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {folder} is not a histoflow model folder")

@@ -248,8 +248,11 @@ def _timm_norm(model: nn.Module) -> dict:
 
 
 def _single(model: nn.Module, spec: dict) -> nn.Module:
-    """A timm model as is, or a one-branch hybrid when its pretrained weights expect other
-    statistics than ImageNet's (a model trained from scratch learns from histoflow's input)."""
+    """A timm model as is, or a one-branch hybrid re-normalising its input.
+
+    The hybrid is used when the pretrained weights expect other statistics than ImageNet's (a
+    model trained from scratch learns from histoflow's input as is).
+    """
     if not spec.get("input_norm") or _is_imagenet(spec):
         return model
     return HybridEncoder([model], [(spec["mean"], spec["std"])])

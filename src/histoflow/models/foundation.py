@@ -1,4 +1,4 @@
-"""Foundation-model backbones: known-model presets, pinned local weights, transformers models.
+r"""Foundation-model backbones: known-model presets, pinned local weights, transformers models.
 
 Weights come from one of two places:
 
@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 from torch import nn
+from typing_extensions import override
 
 from histoflow.models._common import InputNorm
 
@@ -184,6 +185,7 @@ class TransformersEncoder(nn.Module):
         self.num_prefix_tokens = 1 + int(getattr(model.config, "num_register_tokens", 0) or 0)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Last hidden state (B, P + N, H) of ImageNet-normalised images (B, 3, S, S)."""
         hidden = self.model(pixel_values=self.norm(images)).last_hidden_state
         return hidden  # (B, P + N, H): CLS, registers, patches
 
@@ -193,10 +195,12 @@ class TransformersEncoder(nn.Module):
             return cls
         return torch.cat([cls, hidden[:, self.num_prefix_tokens :].mean(1)], dim=-1)  # (B, 2H)
 
+    @override
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self._pool(self.forward_features(images))
 
     def encode(self, images: torch.Tensor, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled (B, D) and ``grid * grid`` patch tokens (B, T, H)."""
         hidden = self.forward_features(images)
         patches = hidden[:, self.num_prefix_tokens :]  # (B, N, H)
         tokens = nn.functional.adaptive_avg_pool1d(patches.transpose(1, 2), grid * grid)

@@ -87,7 +87,7 @@ class _Block(nn.Module):
     def forward(
         self, x: torch.Tensor, text: torch.Tensor, text_pad: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, 1+T, W) image side, text (B, L, W); returns both, updated."""
+        """X (B, 1+T, W) image side, text (B, L, W); returns both, updated."""
         if self.two_way:
             kv = self.norm_t_kv(x)
             text = text + self.text_attn(self.norm_t(text), kv, kv, need_weights=False)[0]

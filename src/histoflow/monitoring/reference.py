@@ -56,8 +56,10 @@ class Reference:
     components: np.ndarray
 
     def project(self, pooled: np.ndarray) -> pd.DataFrame:
-        """Pooled image embeddings (N, D) -> their (N, k) principal components, named as the
-        reference's columns."""
+        """Pooled image embeddings (N, D) -> their (N, k) principal components.
+
+        The columns are named as the reference's, so the two tables compare column by column.
+        """
         pcs = (np.asarray(pooled, dtype=np.float32) - self.mean) @ self.components.T  # (N, k)
         return pd.DataFrame(pcs, columns=list(self.data.embeddings.columns))
 

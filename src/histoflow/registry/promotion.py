@@ -1,5 +1,6 @@
-"""Gated promotion to ``champion``, by hand or by rule (:mod:`histoflow.registry.rules`), and
-rollback; one at a time.
+"""Gated promotion to ``champion``, by hand or by rule, and rollback; one at a time.
+
+The rules are :mod:`histoflow.registry.rules`.
 
 Every change of ``champion`` happens under a registry-wide lock and re-reads the champion inside
 it, so two concurrent promotions are serialised: the second is judged against the first's

@@ -19,6 +19,7 @@ import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 from PIL import Image
+from typing_extensions import override
 
 from histoflow.data.images import to_rgb
 
@@ -48,6 +49,7 @@ def model_signature(classes: list[str]) -> ModelSignature:
 class HistoflowModel(mlflow.pyfunc.PythonModel):
     """Wraps :class:`histoflow.inference.Predictor`; artifacts ``encoder`` and ``fusion`` are model folders."""
 
+    @override
     def load_context(self, context) -> None:
         from histoflow.inference import Predictor
 
@@ -59,6 +61,7 @@ class HistoflowModel(mlflow.pyfunc.PythonModel):
             k: Path(v) for k, v in context.artifacts.items() if k.startswith("reference")
         }
 
+    @override
     def predict(
         self, context, model_input: pd.DataFrame, params: dict | None = None
     ) -> pd.DataFrame:

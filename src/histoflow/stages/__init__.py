@@ -1,5 +1,8 @@
-"""Pipeline stages: one module per ``dvc.yaml`` stage, each with ``PARAMS``, ``Inputs``,
-``Outputs`` and a pure ``run(cfg, inputs, outputs) -> metrics``."""
+"""Pipeline stages: one module per ``dvc.yaml`` stage.
+
+Each has ``PARAMS``, ``Inputs``, ``Outputs`` and a pure ``run(cfg, inputs, outputs) -> metrics``,
+and is cheap to import (its libraries load inside ``run``).
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Training wiring: Lightning modules, optimiser and schedule, fine-tuning, callbacks, and the
-fitting loops of the encoder (:mod:`.encoder`) and of the fusion classifiers (:mod:`.fusion`).
+"""Training wiring: Lightning modules, optimiser, fine-tuning, callbacks and fitting loops.
+
+The encoder's loop is :mod:`.encoder`, the fusion classifiers' :mod:`.fusion`.
 
 Networks come from :mod:`histoflow.models` and are passed in; nothing here builds one. Import
 the submodule you need (they load torch and Lightning).

@@ -30,8 +30,11 @@ __all__ = [
 
 
 def fingerprint(p: TrainEncoderConfig, image_size: int, manifest: pd.DataFrame) -> str:
-    """sha256 of the recipe and of the images it trains on (paths, labels, splits and, from
-    ``validate``, the files' own sha256): a killed run resumes only under the same one."""
+    """The sha256 of the recipe and of the images it trains on.
+
+    The images are named by paths, labels, splits and, from ``validate``, the files' own sha256:
+    a killed run resumes only under the same fingerprint.
+    """
     columns = [c for c in ("path", "label", "split", "sha256") if c in manifest]
     blob = json.dumps(
         {
@@ -59,8 +62,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def resume_or_reset(folder: Path, run_fingerprint: str, *, write: bool) -> str | None:
-    """``last.ckpt`` when an unfinished run with the same fingerprint left one, else None
-    (and, where ``write``, an emptied folder recording the new fingerprint)."""
+    """``last.ckpt`` when an unfinished run with the same fingerprint left one, else None.
+
+    With None and ``write``, the folder is emptied and records the new fingerprint.
+    """
     record = folder / "fingerprint.json"
     last = folder / "last.ckpt"
     if record.is_file() and last.is_file():

@@ -74,8 +74,10 @@ def set_trainable_blocks(encoder: nn.Module, n: int | None) -> int:
 
 
 def freeze_norm_stats(encoder: nn.Module) -> None:
-    """Put batch norms whose parameters are frozen in eval mode (running stats stay fixed);
-    a fully frozen backbone goes to eval as a whole (dropout off too)."""
+    """Put batch norms whose parameters are frozen in eval mode (running stats stay fixed).
+
+    A fully frozen backbone goes to eval as a whole (dropout off too).
+    """
     if not any(p.requires_grad for p in encoder.parameters()):
         encoder.eval()
         return

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from typing_extensions import override
 
 from histoflow.metrics import macro_recall
 from histoflow.training.finetune import freeze_norm_stats, set_trainable_blocks, trainable_blocks
@@ -36,6 +37,7 @@ class _ClassifierBase(L.LightningModule):
         self._val_true.append(y.detach().cpu())
         self._val_pred.append(logits.detach().argmax(-1).cpu())
 
+    @override
     def on_validation_epoch_end(self) -> None:
         if not self._val_true:
             return
@@ -51,6 +53,7 @@ class _ClassifierBase(L.LightningModule):
         self.log("val_macro_recall", macro_recall(y, p, self.num_classes), prog_bar=True)
         self.log("val_accuracy", float(np.mean(y == p)))
 
+    @override
     def configure_optimizers(self):
         opt = adamw(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(self.epochs, 1))
@@ -99,11 +102,13 @@ class EncoderClassifier(_ClassifierBase):
         # Before any wrapping (DDP registers the trainable parameters once, at set-up).
         self._apply_finetune(epoch=0)
 
+    @override
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.head(self.encoder(images))  # (B, C)
 
+    @override
     def training_step(self, batch, batch_idx):
         images, y, *index = batch  # index: dataset positions, when the dataset returns them
         loss = F.cross_entropy(
@@ -113,21 +118,25 @@ class EncoderClassifier(_ClassifierBase):
         self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True)
         return loss
 
+    @override
     def validation_step(self, batch, _):
         images, y, *_ = batch
         logits = self(images)
         self.log("val_loss", F.cross_entropy(logits, y), on_epoch=True)
         self._record(logits, y)
 
+    @override
     def on_train_epoch_start(self) -> None:
         self._apply_finetune(self.current_epoch)
 
+    @override
     def train(self, mode: bool = True) -> EncoderClassifier:
         super().train(mode)
         if mode:
             freeze_norm_stats(self.encoder)
         return self
 
+    @override
     def configure_optimizers(self):
         groups = decay_groups(self.encoder, self.backbone_lr, self.weight_decay)
         groups += decay_groups(self.head, self.lr, self.weight_decay)
@@ -141,6 +150,7 @@ class EncoderClassifier(_ClassifierBase):
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    @override
     def on_before_optimizer_step(self, optimizer) -> None:
         # Gradients are unscaled here (bf16-mixed and 32-true have no scaler) and, under DDP,
         # already averaged across ranks: what Lightning's own norm clipping would see.
@@ -179,6 +189,7 @@ class FusionClassifier(_ClassifierBase):
         super().__init__(num_classes, lr, weight_decay, epochs)
         self.net = net
 
+    @override
     def forward(self, image_tokens, text_tokens, text_mask) -> torch.Tensor:
         return self.net(image_tokens, text_tokens, text_mask)  # (B, K, C)
 
@@ -186,12 +197,14 @@ class FusionClassifier(_ClassifierBase):
         b, k, c = logits.shape
         return F.cross_entropy(logits.reshape(b * k, c), y.repeat_interleave(k))
 
+    @override
     def training_step(self, batch, _):
         *x, y = batch
         loss = self._loss(self(*x), y)
         self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True)
         return loss
 
+    @override
     def validation_step(self, batch, _):
         *x, y = batch
         logits = self(*x)
