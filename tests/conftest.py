@@ -1,7 +1,8 @@
-"""Shared fixtures: tiny synthetic data, tiny params, and a trained tiny project.
+"""Shared fixtures: the repository, tiny synthetic data, tiny params, tiny projects.
 
 Everything here is made by the tests themselves (no downloads, no ../shared data): a few
-dozen 32 px tiles and models small enough to train in seconds on two CPU cores.
+dozen 32 px tiles and models small enough to train in seconds on two CPU cores. Tests get all
+of it as fixtures (folders add their own conftest.py); nothing imports this file.
 """
 
 from __future__ import annotations
@@ -24,28 +25,31 @@ from histoflow.tiny import TINY, TINY_DATA
 REPO = Path(__file__).resolve().parents[1]
 BIN = str(Path(sys.executable).parent)
 
-# (mean, std) of each per-image QC feature, for monitoring tests that need realistic tables
-# without images; the scales differ on purpose.
-FEATURE_STATS = {
-    "brightness": (0.70, 0.05),
-    "contrast": (0.20, 0.04),
-    "blur": (150.0, 40.0),
-    "tissue_fraction": (0.60, 0.15),
-    "mean_r": (200.0, 12.0),
-    "mean_g": (150.0, 15.0),
-    "mean_b": (190.0, 10.0),
-    "saturation": (0.30, 0.06),
-    "od_hematoxylin": (0.45, 0.08),
-    "od_eosin": (0.35, 0.07),
-}
 
-
-def tiny_params_dict(**overrides: dict) -> dict:
+def _tiny_params_dict(**overrides: dict) -> dict:
     """The repository's params.yaml with the tiny overrides (and any more) applied."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     for section, values in [*TINY.items(), *overrides.items()]:
         raw[section] = {**raw[section], **copy.deepcopy(values)}
     return raw
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    """This repository's root (params.yaml, dvc.yaml, recipes/, flows/...)."""
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def bin_dir() -> Path:
+    """The environment's scripts folder: ``histoflow``, ``dvc``, ``mlflow``."""
+    return Path(BIN)
+
+
+@pytest.fixture(scope="session")
+def tiny_params_dict():
+    """``tiny_params_dict(**{section: overrides})``: the tiny params as a plain dict."""
+    return _tiny_params_dict
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -61,7 +65,8 @@ def _offline_environment(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_params() -> Params:
-    return parse_params(tiny_params_dict())
+    """The tiny params, parsed."""
+    return parse_params(_tiny_params_dict())
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +77,7 @@ def tiny_data(tmp_path_factory) -> Path:
     return out
 
 
-def make_project(root: Path, data: Path, params: dict | None = None) -> Path:
+def _make_project(root: Path, data: Path, params: dict | None = None) -> Path:
     """A fresh git + DVC project at ``root`` with this repository's pipeline and ``data``."""
     root.mkdir(parents=True, exist_ok=True)
     for name in ("dvc.yaml", "flows"):
@@ -83,7 +88,9 @@ def make_project(root: Path, data: Path, params: dict | None = None) -> Path:
         REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
     )
     shutil.copytree(data, root / "data")
-    (root / "params.yaml").write_text(yaml.safe_dump(params or tiny_params_dict(), sort_keys=False))
+    (root / "params.yaml").write_text(
+        yaml.safe_dump(params or _tiny_params_dict(), sort_keys=False)
+    )
     (root / ".gitignore").write_text("/data\n/mlruns\n/.prefect\n")
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
@@ -94,7 +101,7 @@ def make_project(root: Path, data: Path, params: dict | None = None) -> Path:
     return root
 
 
-def dvc(root: Path, *args: str) -> str:
+def _dvc(root: Path, *args: str) -> str:
     """Run dvc in ``root``; fail the test with its output if it fails."""
     proc = subprocess.run([f"{BIN}/dvc", *args], cwd=root, capture_output=True, text=True)
     assert proc.returncode == 0, f"dvc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
@@ -102,10 +109,22 @@ def dvc(root: Path, *args: str) -> str:
 
 
 @pytest.fixture(scope="session")
+def make_project():
+    """``make_project(root, data, params=None)``: a fresh git + DVC project of this pipeline."""
+    return _make_project
+
+
+@pytest.fixture(scope="session")
+def dvc():
+    """``dvc(root, *args)``: run dvc; fail the test with its output if it fails."""
+    return _dvc
+
+
+@pytest.fixture(scope="session")
 def reproduced_project(tmp_path_factory, tiny_data) -> Path:
     """A project whose whole pipeline has run once with real `dvc repro` (do not modify)."""
-    root = make_project(tmp_path_factory.mktemp("repro") / "project", tiny_data)
-    dvc(root, "repro")
+    root = _make_project(tmp_path_factory.mktemp("repro") / "project", tiny_data)
+    _dvc(root, "repro")
     return root
 
 
@@ -118,15 +137,10 @@ def prefect_harness():
         yield
 
 
-def load_flow_module(name: str):
-    """Import ``flows/NAME.py`` from this repository."""
-    return load_flow(name, REPO)
-
-
 @pytest.fixture(scope="session")
 def trained_project(tmp_path_factory, reproduced_project, prefect_harness) -> Path:
     """A copy of the reproduced project after one training flow run: champion = v1."""
     root = tmp_path_factory.mktemp("trained") / "project"
     shutil.copytree(reproduced_project, root, symlinks=True)
-    load_flow_module("training").training(root=str(root))
+    load_flow("training", REPO).training(root=str(root))
     return root

@@ -30,11 +30,9 @@ def test_unknown_stage(capsys):
     assert "unknown stage 'trian'" in err and "train_encoder" in err
 
 
-def test_missing_data_folder(tmp_path, monkeypatch, capsys):
-    from conftest import REPO
-
+def test_missing_data_folder(tmp_path, monkeypatch, capsys, repo):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text((repo / "params.yaml").read_text())
     assert main(["stage", "validate"]) == 1
     err = capsys.readouterr().err
     assert "data folder data does not exist" in err and "histoflow data synth" in err

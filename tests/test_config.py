@@ -5,17 +5,16 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from conftest import REPO, tiny_params_dict
 from histoflow.config import ConfigError, load_params, parse_params
 
 
-def test_repository_params_load():
-    params = load_params(REPO / "params.yaml")
+def test_repository_params_load(repo):
+    params = load_params(repo / "params.yaml")
     assert params.train_fusion.width % params.train_fusion.heads == 0
     assert params.validate.min_per_class >= 1
 
 
-def test_unknown_key_names_the_key_and_allowed_keys():
+def test_unknown_key_names_the_key_and_allowed_keys(tiny_params_dict):
     raw = tiny_params_dict(train_fusion={"widht": 64})
     with pytest.raises(ConfigError) as err:
         parse_params(raw)
@@ -24,7 +23,7 @@ def test_unknown_key_names_the_key_and_allowed_keys():
     assert "width" in message and "layers" in message
 
 
-def test_unknown_section_is_rejected():
+def test_unknown_section_is_rejected(tiny_params_dict):
     raw = tiny_params_dict()
     raw["trian_fusion"] = {}
     with pytest.raises(ConfigError, match="trian_fusion: unknown key"):
@@ -41,13 +40,13 @@ def test_unknown_section_is_rejected():
         ("registry", {"metric": "loss"}, "registry.metric = 'loss'"),
     ],
 )
-def test_bad_values_name_key_and_value(section, values, needle):
+def test_bad_values_name_key_and_value(section, values, needle, tiny_params_dict):
     with pytest.raises(ConfigError) as err:
         parse_params(tiny_params_dict(**{section: values}))
     assert needle in str(err.value)
 
 
-def test_missing_section_and_missing_file(tmp_path):
+def test_missing_section_and_missing_file(tiny_params_dict, tmp_path):
     raw = tiny_params_dict()
     del raw["monitor"]
     with pytest.raises(ConfigError, match="monitor: required"):
@@ -64,7 +63,7 @@ def test_params_are_frozen(tiny_params):
         tiny_params.train_fusion.width = 4  # type: ignore[misc]
 
 
-def test_params_round_trip_through_yaml(tmp_path):
+def test_params_round_trip_through_yaml(tmp_path, tiny_params_dict):
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(tiny_params_dict()))
     assert load_params(path).train_encoder.backbone == "test_resnet"

@@ -6,12 +6,11 @@ import json
 
 import yaml
 
-from conftest import dvc, make_project, tiny_params_dict
 from histoflow.dvc import ran_stages
 from histoflow.stages import STAGE_NAMES
 
 
-def test_full_repro_then_noop_then_fusion_only_change(tmp_path, reproduced_project):
+def test_full_repro_then_noop_then_fusion_only_change(tmp_path, reproduced_project, dvc):
     # reproduced_project ran `dvc repro` once; work on a copy so other tests keep theirs.
     import shutil
 
@@ -38,7 +37,7 @@ def test_full_repro_then_noop_then_fusion_only_change(tmp_path, reproduced_proje
     assert ran_stages(dvc(root, "repro")) == ["train_fusion", "evaluate"]
 
 
-def test_repro_fails_clearly_on_an_empty_data_folder(tmp_path):
+def test_repro_fails_clearly_on_an_empty_data_folder(tmp_path, make_project, tiny_params_dict):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / ".keep").write_text("")

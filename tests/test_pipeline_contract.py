@@ -9,40 +9,53 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from conftest import REPO
 from histoflow import dvc
 from histoflow.config import Params, load_params
 from histoflow.stages import STAGE_NAMES, get_stage
 
-DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text())
-PARAMS = load_params(REPO / "params.yaml")
+
+@pytest.fixture(scope="module")
+def dvc_yaml(repo) -> dict:
+    return yaml.safe_load((repo / "dvc.yaml").read_text())
 
 
-def _resolve(entry) -> str:
-    path = next(iter(entry)) if isinstance(entry, dict) else entry
-    return path.replace("${data.root}", str(PARAMS.data.root))
+@pytest.fixture(scope="module")
+def resolve(repo):
+    """A dvc.yaml dep or out as a path, ``${data.root}`` filled in from params.yaml."""
+    root = str(load_params(repo / "params.yaml").data.root)
+
+    def path(entry) -> str:
+        return (next(iter(entry)) if isinstance(entry, dict) else entry).replace(
+            "${data.root}", root
+        )
+
+    return path
 
 
-def test_stages_in_dvc_yaml_are_the_stage_modules_in_order():
-    assert list(DVC_YAML["stages"]) == list(STAGE_NAMES)
-    assert dvc.stage_order(REPO) == list(STAGE_NAMES)
+def test_stages_in_dvc_yaml_are_the_stage_modules_in_order(repo, dvc_yaml):
+    assert list(dvc_yaml["stages"]) == list(STAGE_NAMES)
+    assert dvc.stage_order(repo) == list(STAGE_NAMES)
 
 
 @pytest.mark.parametrize("name", STAGE_NAMES)
-def test_stage_declares_what_its_module_reads_and_writes(name):
-    spec = DVC_YAML["stages"][name]
+def test_stage_declares_what_its_module_reads_and_writes(name, repo, dvc_yaml, resolve):
+    spec = dvc_yaml["stages"][name]
     module = get_stage(name)
     assert spec["cmd"] == f"histoflow stage {name}"
     assert tuple(spec["params"]) == module.PARAMS
-    deps = {_resolve(d) for d in spec["deps"]}
+    deps = {resolve(d) for d in spec["deps"]}
     inputs = module.Inputs(
-        **({"data": PARAMS.data.root} if "data" in module.Inputs.__dataclass_fields__ else {})
+        **(
+            {"data": Path(resolve("${data.root}"))}
+            if "data" in module.Inputs.__dataclass_fields__
+            else {}
+        )
     )
     for field in dataclasses.fields(inputs):
         assert str(PurePosixPath(getattr(inputs, field.name))) in deps, (
             f"{name}: input {field.name} is not a dvc dep"
         )
-    declared = {_resolve(o) for key in ("outs", "metrics", "plots") for o in spec.get(key, [])}
+    declared = {resolve(o) for key in ("outs", "metrics", "plots") for o in spec.get(key, [])}
     written = {
         str(PurePosixPath(getattr(module.Outputs(), f.name)))
         for f in dataclasses.fields(module.Outputs)
@@ -50,7 +63,7 @@ def test_stage_declares_what_its_module_reads_and_writes(name):
     assert written == declared, (
         f"{name}: module writes {sorted(written)}, dvc.yaml declares {sorted(declared)}"
     )
-    assert (REPO / f"src/histoflow/stages/{name}.py").is_file()
+    assert (repo / f"src/histoflow/stages/{name}.py").is_file()
 
 
 @pytest.mark.parametrize("name", STAGE_NAMES)
@@ -62,8 +75,8 @@ def test_params_keys_exist(name):
         assert not field or field in model.model_fields, key
 
 
-def test_every_params_section_is_a_stage_or_shared():
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+def test_every_params_section_is_a_stage_or_shared(repo):
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
     # A stage that only reads shared sections (reference reads monitor) has no section of its own.
     own = {s for s in STAGE_NAMES if any(k.split(".")[0] == s for k in get_stage(s).PARAMS)}
     assert set(raw) == own | {"data", "registry", "monitor", "deploy"}
@@ -90,15 +103,15 @@ def _imports(path: Path) -> set[str]:
     return {name for name in found if name.split(".")[0] == "histoflow"}
 
 
-def _source(module: str) -> Path | None:
-    base = REPO / "src" / Path(*module.split("."))
+def _source(repo: Path, module: str) -> Path | None:
+    base = repo / "src" / Path(*module.split("."))
     for candidate in (base.with_suffix(".py"), base / "__init__.py"):
         if candidate.is_file():
             return candidate
     return None
 
 
-def _code_closure(module: str) -> set[Path]:
+def _code_closure(repo: Path, module: str) -> set[Path]:
     """The source files a module runs: its own, what it imports, transitively, and the
     ``__init__.py`` of every package on the way."""
     seen: set[Path] = set()
@@ -107,7 +120,7 @@ def _code_closure(module: str) -> set[Path]:
         name = todo.pop()
         parts = name.split(".")
         for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__
-            file = _source(".".join(parts[:i]))
+            file = _source(repo, ".".join(parts[:i]))
             if file is not None and file not in seen:
                 seen.add(file)
                 todo += sorted(_imports(file))
@@ -115,13 +128,13 @@ def _code_closure(module: str) -> set[Path]:
 
 
 @pytest.mark.parametrize("name", STAGE_NAMES)
-def test_stage_deps_cover_the_code_it_runs(name):
-    deps = [PurePosixPath(_resolve(d)) for d in DVC_YAML["stages"][name]["deps"]]
-    code = sorted(_code_closure(f"histoflow.stages.{name}"))
+def test_stage_deps_cover_the_code_it_runs(name, repo, dvc_yaml, resolve):
+    deps = [PurePosixPath(resolve(d)) for d in dvc_yaml["stages"][name]["deps"]]
+    code = sorted(_code_closure(repo, f"histoflow.stages.{name}"))
     assert len(code) > 3  # the walk found the stage module and what it imports
     uncovered = [
         rel
-        for rel in (PurePosixPath(f.relative_to(REPO).as_posix()) for f in code)
+        for rel in (PurePosixPath(f.relative_to(repo).as_posix()) for f in code)
         if not any(rel == d or d in rel.parents for d in deps)
     ]
     assert not uncovered, (
@@ -130,8 +143,10 @@ def test_stage_deps_cover_the_code_it_runs(name):
     )
 
 
-def test_stage_code_closure_follows_lazy_imports():
+def test_stage_code_closure_follows_lazy_imports(repo):
     # evaluate imports its models inside run(): the walk must still see them.
-    code = {f.relative_to(REPO).as_posix() for f in _code_closure("histoflow.stages.evaluate")}
+    code = {
+        f.relative_to(repo).as_posix() for f in _code_closure(repo, "histoflow.stages.evaluate")
+    }
     assert "src/histoflow/models/ablations.py" in code
     assert "src/histoflow/training/fusion.py" in code  # through the cross-group protocol

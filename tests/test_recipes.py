@@ -8,23 +8,22 @@ import mlflow
 import pytest
 import yaml
 
-from conftest import REPO, dvc
 from histoflow.config import ConfigError, load_params
 from histoflow.dvc import ran_stages
 from histoflow.recipes import apply_recipe, default_params, resolve_recipe
 from histoflow.registry.tracking import use_tracking_uri
 
 
-def test_repository_params_are_the_defaults():
+def test_repository_params_are_the_defaults(repo):
     # Recipes apply onto the defaults; the shipped params.yaml must be exactly those.
-    assert load_params(REPO / "params.yaml").model_dump(mode="json", by_alias=True) == (
+    assert load_params(repo / "params.yaml").model_dump(mode="json", by_alias=True) == (
         default_params()
     )
 
 
-def test_apply_sets_recipe_keys_keeps_comments_and_is_idempotent(tmp_path):
+def test_apply_sets_recipe_keys_keeps_comments_and_is_idempotent(tmp_path, repo):
     params = tmp_path / "params.yaml"
-    shutil.copy(REPO / "params.yaml", params)
+    shutil.copy(repo / "params.yaml", params)
     recipe = tmp_path / "r.yaml"
     recipe.write_text("train_fusion: {lr: 0.0003, layers: 1}\nvalidate: {deduplicate: exact}\n")
 
@@ -38,9 +37,9 @@ def test_apply_sets_recipe_keys_keeps_comments_and_is_idempotent(tmp_path):
     assert apply_recipe(recipe, params) == []
 
 
-def test_apply_resets_keys_an_earlier_recipe_set(tmp_path):
+def test_apply_resets_keys_an_earlier_recipe_set(tmp_path, repo):
     params = tmp_path / "params.yaml"
-    shutil.copy(REPO / "params.yaml", params)
+    shutil.copy(repo / "params.yaml", params)
     first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
     first.write_text("train_fusion: {layers: 1}\n")
     second.write_text("train_fusion: {heads: 2}\n")
@@ -57,9 +56,9 @@ def test_apply_resets_keys_an_earlier_recipe_set(tmp_path):
         ("- a list\n", "expected a mapping"),
     ],
 )
-def test_bad_recipe_names_file_and_key_and_leaves_params_alone(tmp_path, text, named):
+def test_bad_recipe_names_file_and_key_and_leaves_params_alone(tmp_path, text, named, repo):
     params = tmp_path / "params.yaml"
-    shutil.copy(REPO / "params.yaml", params)
+    shutil.copy(repo / "params.yaml", params)
     before = params.read_text()
     recipe = tmp_path / "bad.yaml"
     recipe.write_text(text)
@@ -69,8 +68,8 @@ def test_bad_recipe_names_file_and_key_and_leaves_params_alone(tmp_path, text, n
     assert params.read_text() == before
 
 
-def test_shipped_recipes_resolve():
-    recipes = sorted((REPO / "recipes").glob("*.yaml"))
+def test_shipped_recipes_resolve(repo):
+    recipes = sorted((repo / "recipes").glob("*.yaml"))
     assert {r.stem for r in recipes} >= {
         "brats_path",
         "breakhis_linear_probe",
@@ -81,7 +80,7 @@ def test_shipped_recipes_resolve():
         resolve_recipe(recipe)
 
 
-def test_dvc_exp_run_sweep_point_is_recorded_in_mlflow(tmp_path, reproduced_project):
+def test_dvc_exp_run_sweep_point_is_recorded_in_mlflow(tmp_path, reproduced_project, dvc):
     root = tmp_path / "project"
     shutil.copytree(reproduced_project, root, symlinks=True)
 

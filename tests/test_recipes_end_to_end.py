@@ -20,13 +20,13 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from conftest import REPO, TINY
 from histoflow.config import parse_params
 from histoflow.data.synthetic.standins import make_standin
 from histoflow.models.checkpoint import read_model_json
 from histoflow.models.foundation import hash_weights
 from histoflow.recipes import resolve_recipe
 from histoflow.stages import STAGE_NAMES, run_stage
+from histoflow.tiny import TINY
 
 SHRINK = {
     "data": {"image_size": 32, "val_fraction": 0.25, "test_fraction": 0.25},
@@ -72,8 +72,8 @@ STANDIN_ENCODERS = {
 }
 
 
-def _params(recipe: str, encoder: dict) -> dict:
-    raw = resolve_recipe(REPO / "recipes" / f"{recipe}.yaml")
+def _params(repo, recipe: str, encoder: dict) -> dict:
+    raw = resolve_recipe(repo / "recipes" / f"{recipe}.yaml")
     shrink = copy.deepcopy(SHRINK)
     shrink["train_encoder"].update(encoder)
     for section, values in shrink.items():
@@ -82,10 +82,10 @@ def _params(recipe: str, encoder: dict) -> dict:
 
 
 @pytest.mark.parametrize("recipe", sorted(STANDIN_ENCODERS))
-def test_recipe_runs_end_to_end_on_its_standin(recipe, tmp_path, monkeypatch):
+def test_recipe_runs_end_to_end_on_its_standin(recipe, tmp_path, monkeypatch, repo):
     kind, weights, swap = STANDIN_ENCODERS[recipe]
     encoder = {**swap, **(weights(tmp_path) if weights else {})}
-    cfg = parse_params(_params(recipe, encoder), source=recipe)
+    cfg = parse_params(_params(repo, recipe, encoder), source=recipe)
     make_standin(kind, tmp_path / "data", per_class=12, size=32)
     monkeypatch.chdir(tmp_path)
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import dvc
 from histoflow.stages import evaluate
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -51,8 +50,8 @@ def _images(browser, html: Path) -> tuple[list[tuple[str, int]], str]:
 
 
 def test_report_renders_and_every_image_loads(browser, reproduced_project):
-    images, text = _images(browser, reproduced_project / "reports/evaluate/index.html")
-    eval_json = json.loads((reproduced_project / "metrics/evaluate.json").read_text())
+    images, text = _images(browser, reproduced_project / evaluate.Outputs().report / "index.html")
+    eval_json = json.loads((reproduced_project / evaluate.Outputs().metrics).read_text())
     n_classes = len(eval_json["per_class"])
     # 5 plots + one explanation panel per class in the report, plus the caption gallery's tiles.
     assert len(images) >= 5 + n_classes
@@ -65,14 +64,14 @@ def test_report_renders_and_every_image_loads(browser, reproduced_project):
 def test_a_missing_image_is_caught(browser, reproduced_project, tmp_path):
     # The check above can fail: a report whose image file is gone shows naturalWidth 0.
     report = tmp_path / "report"
-    shutil.copytree(reproduced_project / "reports/evaluate", report)
+    shutil.copytree(reproduced_project / evaluate.Outputs().report, report)
     (report / "img/reliability.png").unlink()
     images, _ = _images(browser, report / "index.html")
     assert [src for src, width in images if width == 0] == ["img/reliability.png"]
 
 
 def test_eval_json_has_cis_ablations_and_cross_group(reproduced_project):
-    m = json.loads((reproduced_project / "metrics/evaluate.json").read_text())
+    m = json.loads((reproduced_project / evaluate.Outputs().metrics).read_text())
     for key in ("macro_recall", "accuracy", "auroc", "average_precision", "ece"):
         low, high = m["ci"][key]
         assert low <= m[key] <= high, key
@@ -98,9 +97,9 @@ def test_eval_json_has_cis_ablations_and_cross_group(reproduced_project):
     assert patients["n"].sum() == m["n"]  # every test image is in exactly one patient
 
 
-def test_dvc_metrics_and_plots_show(reproduced_project, tmp_path):
+def test_dvc_metrics_and_plots_show(reproduced_project, tmp_path, dvc):
     shown = json.loads(dvc(reproduced_project, "metrics", "show", "--json"))
-    metrics = next(iter(shown.values()))["data"]["metrics/evaluate.json"]["data"]
+    metrics = next(iter(shown.values()))["data"][str(evaluate.Outputs().metrics)]["data"]
     # dvc shows numbers only: the CI lists stay in evaluate.json, the ablation table shows.
     assert 0 <= metrics["macro_recall"] <= 1
     assert 0 <= metrics["ablations"]["image_only"]["macro_recall"] <= 1

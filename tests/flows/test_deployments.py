@@ -8,20 +8,20 @@ from datetime import timedelta
 import pytest
 import yaml
 
-from conftest import REPO, load_flow_module
-
 SCHEDULES = {"nightly": {"cron": "0 2 * * *"}, "inbox": {"interval": 900}}
 FLOWS = {"nightly": "histoflow-training", "inbox": "histoflow-monitor-inbox"}
 
 
 @pytest.fixture(scope="module")
-def prefect_yaml() -> dict:
-    return yaml.safe_load((REPO / "prefect.yaml").read_text())
+def prefect_yaml(repo) -> dict:
+    return yaml.safe_load((repo / "prefect.yaml").read_text())
 
 
-def test_build_deployments_schedules_both_flows_on_the_project(tmp_path, prefect_yaml):
-    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
-    nightly, inbox = load_flow_module("deployments").build_deployments(tmp_path)
+def test_build_deployments_schedules_both_flows_on_the_project(
+    tmp_path, prefect_yaml, repo, flow_module
+):
+    (tmp_path / "params.yaml").write_text((repo / "params.yaml").read_text())
+    nightly, inbox = flow_module("deployments").build_deployments(tmp_path)
 
     assert (nightly.flow_name, nightly.name) == (FLOWS["nightly"], "nightly")
     assert (inbox.flow_name, inbox.name) == (FLOWS["inbox"], "inbox")
@@ -36,13 +36,13 @@ def test_build_deployments_schedules_both_flows_on_the_project(tmp_path, prefect
     assert inbox.entrypoint.endswith(entrypoints["inbox"])
 
 
-def test_schedules_come_from_params(tmp_path):
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+def test_schedules_come_from_params(tmp_path, repo, flow_module):
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
     raw["deploy"].update(
         training_cron="15 4 * * 1-5", timezone="Europe/Paris", inbox_interval_minutes=2
     )
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    nightly, inbox = load_flow_module("deployments").build_deployments(tmp_path)
+    nightly, inbox = flow_module("deployments").build_deployments(tmp_path)
     assert (nightly.schedules[0].schedule.cron, nightly.schedules[0].schedule.timezone) == (
         "15 4 * * 1-5",
         "Europe/Paris",
@@ -51,14 +51,14 @@ def test_schedules_come_from_params(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["nightly", "inbox"])
-def test_prefect_yaml_entrypoint_is_a_flow_in_the_repository(name, prefect_yaml):
+def test_prefect_yaml_entrypoint_is_a_flow_in_the_repository(name, prefect_yaml, repo):
     (deployment,) = [d for d in prefect_yaml["deployments"] if d["name"] == name]
     path, function = deployment["entrypoint"].split(":")
-    assert (REPO / path).is_file(), f"prefect.yaml {name}: {path} does not exist"
+    assert (repo / path).is_file(), f"prefect.yaml {name}: {path} does not exist"
     # Read, not imported: prefect deploy imports it; this only checks the names line up.
     flows = {
         node.name: decorator
-        for node in ast.parse((REPO / path).read_text()).body
+        for node in ast.parse((repo / path).read_text()).body
         if isinstance(node, ast.FunctionDef)
         for decorator in node.decorator_list
         if isinstance(decorator, ast.Call) and getattr(decorator.func, "id", "") == "flow"
@@ -68,7 +68,7 @@ def test_prefect_yaml_entrypoint_is_a_flow_in_the_repository(name, prefect_yaml)
     assert flow_name == FLOWS[name]
 
 
-def test_prefect_yaml_schedules_pool_and_pull_step(prefect_yaml):
+def test_prefect_yaml_schedules_pool_and_pull_step(prefect_yaml, repo):
     # Prefect's own model of prefect.yaml (private, but it is what `prefect deploy` reads).
     from prefect.cli.deploy._models import PrefectYamlModel
 
@@ -76,7 +76,7 @@ def test_prefect_yaml_schedules_pool_and_pull_step(prefect_yaml):
 
     model = PrefectYamlModel.model_validate(prefect_yaml)
     assert {d.name for d in model.deployments} == set(SCHEDULES)
-    deploy = load_params(REPO / "params.yaml").deploy
+    deploy = load_params(repo / "params.yaml").deploy
     expected = {
         "nightly": [{"cron": deploy.training_cron, "timezone": deploy.timezone}],
         "inbox": [{"interval": deploy.inbox_interval_minutes * 60}],

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY_DATA, load_flow_module
 from histoflow.data.synthetic import generate
+from histoflow.tiny import TINY_DATA
 
 
 def _batch(tmp_path, name, **kwargs):
@@ -33,12 +33,18 @@ def _greyscale_batch(folder, n=36, size=32):
     return folder
 
 
-def _monitor(batch, project, **kwargs):
-    return load_flow_module("monitoring").monitoring(str(batch), root=str(project), **kwargs)
+@pytest.fixture
+def monitor(flow_module, monitor):
+    """``monitor(batch, project, **kwargs)``: the monitoring flow on one batch folder."""
+
+    def run(batch, project, **kwargs):
+        return flow_module("monitoring").monitoring(str(batch), root=str(project), **kwargs)
+
+    return run
 
 
-def test_in_distribution_batch_shows_no_drift(tmp_path, trained_project):
-    summary = _monitor(_batch(tmp_path, "same_lab", seed=7), trained_project)
+def test_in_distribution_batch_shows_no_drift(tmp_path, trained_project, monitor):
+    summary = monitor(_batch(tmp_path, "same_lab", seed=7), trained_project)
     report = trained_project / "monitoring/reports/same_lab"
     saved = json.loads((report / "drift.json").read_text())
     assert saved["drift_detected"] is False and saved["action"] == summary["action"]
@@ -49,16 +55,16 @@ def test_in_distribution_batch_shows_no_drift(tmp_path, trained_project):
     assert summary["action"]["action"] == "none" and summary["action"]["taken"] is False
 
 
-def test_stain_shifted_batch_drifts_in_colour_features(tmp_path, trained_project):
-    summary = _monitor(_batch(tmp_path, "other_lab", seed=8, stain_shift=1.0), trained_project)
+def test_stain_shifted_batch_drifts_in_colour_features(tmp_path, trained_project, monitor):
+    summary = monitor(_batch(tmp_path, "other_lab", seed=8, stain_shift=1.0), trained_project)
     features = summary["signals"]["features"]
     assert summary["drift_detected"] is True and features["drifted"] is True
     drifted = {c for c, v in features["columns"].items() if v["drifted"]}
     assert {"od_hematoxylin", "mean_b"} & drifted, drifted
 
 
-def test_greyscale_batch_of_another_modality_drifts(tmp_path, trained_project):
-    summary = _monitor(_greyscale_batch(tmp_path / "mri"), trained_project)
+def test_greyscale_batch_of_another_modality_drifts(tmp_path, trained_project, monitor):
+    summary = monitor(_greyscale_batch(tmp_path / "mri"), trained_project)
     signals = summary["signals"]
     assert summary["drift_detected"] is True
     assert signals["features"]["drifted"] and signals["embeddings"]["drifted"], signals
@@ -67,38 +73,38 @@ def test_greyscale_batch_of_another_modality_drifts(tmp_path, trained_project):
     assert summary["performance"] is None  # no labels in a flat folder
 
 
-def test_labelled_batch_gets_a_performance_section(tmp_path, trained_project):
-    summary = _monitor(_batch(tmp_path, "labelled", seed=9), trained_project)
+def test_labelled_batch_gets_a_performance_section(tmp_path, trained_project, monitor):
+    summary = monitor(_batch(tmp_path, "labelled", seed=9), trained_project)
     performance = summary["performance"]
     assert performance["n"] == 36 and 0.0 <= performance["accuracy"] <= 1.0
     assert set(performance["per_class_recall"]) == {"adipose", "lymphocytes", "stroma"}
 
 
-def test_empty_batch_fails_with_a_clear_message(tmp_path, trained_project):
+def test_empty_batch_fails_with_a_clear_message(tmp_path, trained_project, monitor):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no images found"):
-        _monitor(tmp_path / "empty", trained_project)
+        monitor(tmp_path / "empty", trained_project)
 
 
-def test_corrupt_batch_fails_with_a_clear_message(tmp_path, trained_project):
+def test_corrupt_batch_fails_with_a_clear_message(tmp_path, trained_project, monitor):
     batch = tmp_path / "corrupt"
     batch.mkdir()
     for i in range(3):
         (batch / f"tile_{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     with pytest.raises(ValueError, match="none of the 3 files .* could be read"):
-        _monitor(batch, trained_project)
+        monitor(batch, trained_project)
 
 
-def test_missing_champion_fails_with_a_clear_message(tmp_path, trained_project):
+def test_missing_champion_fails_with_a_clear_message(tmp_path, trained_project, monitor):
     with pytest.raises(FileNotFoundError, match="histoflow run"):
-        _monitor(
+        monitor(
             _batch(tmp_path, "b", seed=9),
             trained_project,
             model_uri="models:/no_such_model@champion",
         )
 
 
-def test_inbox_reports_each_batch_once_and_retries_failures(tmp_path, trained_project):
+def test_inbox_reports_each_batch_once_and_retries_failures(tmp_path, trained_project, flow_module):
     import shutil
 
     project = tmp_path / "project"
@@ -107,7 +113,7 @@ def test_inbox_reports_each_batch_once_and_retries_failures(tmp_path, trained_pr
     _batch(inbox, "monday", seed=11)
     (inbox / "broken").mkdir(parents=True)
     (inbox / "broken" / "x.png").write_bytes(b"not an image")
-    flows = load_flow_module("monitoring")
+    flows = flow_module("monitoring")
 
     first = flows.monitor_inbox(root=str(project))
     assert first == {"processed": ["monday"], "failed": ["broken"]}

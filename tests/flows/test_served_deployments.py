@@ -10,13 +10,12 @@ import httpx
 import pytest
 import yaml
 
-from conftest import BIN
 from servers import Server, free_port
 
 pytestmark = pytest.mark.slow
 
 
-def test_served_deployments_run_an_inbox_batch(trained_project, tiny_data, tmp_path):
+def test_served_deployments_run_an_inbox_batch(trained_project, tiny_data, tmp_path, bin_dir):
     root = tmp_path / "project"
     shutil.copytree(trained_project, root, symlinks=True)
     params = yaml.safe_load((root / "params.yaml").read_text())
@@ -32,7 +31,7 @@ def test_served_deployments_run_an_inbox_batch(trained_project, tiny_data, tmp_p
     api = f"http://127.0.0.1:{port}/api"
     env = {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api}
     server = Server(
-        [f"{BIN}/histoflow", "server", "--port", str(port)],
+        [f"{bin_dir}/histoflow", "server", "--port", str(port)],
         log=tmp_path / "server.log",
         cwd=root,
         env=env,
@@ -40,7 +39,9 @@ def test_served_deployments_run_an_inbox_batch(trained_project, tiny_data, tmp_p
     serve = None
     try:
         server.wait_http(f"{api}/health", timeout=150)
-        serve = Server([f"{BIN}/histoflow", "serve"], log=tmp_path / "serve.log", cwd=root, env=env)
+        serve = Server(
+            [f"{bin_dir}/histoflow", "serve"], log=tmp_path / "serve.log", cwd=root, env=env
+        )
         with httpx.Client(base_url=api, timeout=30) as http:
             deployments = _wait_for_deployments(http, serve)
             nightly, inbox = deployments["nightly"], deployments["inbox"]

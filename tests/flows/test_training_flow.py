@@ -8,7 +8,6 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import load_flow_module
 from histoflow import dvc
 from histoflow.registry import tracking_uri
 from histoflow.registry.tracking import use_tracking_uri
@@ -45,7 +44,7 @@ def test_first_run_registers_champion(trained_project):
 
 
 def test_worse_model_does_not_take_champion(
-    tmp_path, trained_project, prefect_harness, monkeypatch
+    tmp_path, trained_project, prefect_harness, monkeypatch, flow_module
 ):
     root = tmp_path / "project"
     shutil.copytree(trained_project, root, symlinks=True)
@@ -55,7 +54,7 @@ def test_worse_model_does_not_take_champion(
     params["train_fusion"].update(lr=0.0, epochs=1, patience=1)  # an untrained fusion model
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     stages = _spy_repro(monkeypatch)
-    result = load_flow_module("training").training(root=str(root))
+    result = flow_module("training").training(root=str(root))
 
     assert stages == dvc.stage_order(root)  # dvc status saw the change: every stage asked
     assert result["version"] == "2" and result["promoted"] is False
@@ -67,12 +66,12 @@ def test_worse_model_does_not_take_champion(
 
 
 def test_rerun_with_nothing_changed_registers_no_duplicate(
-    tmp_path, trained_project, prefect_harness, monkeypatch
+    tmp_path, trained_project, prefect_harness, monkeypatch, flow_module
 ):
     root = tmp_path / "project"
     shutil.copytree(trained_project, root, symlinks=True)
     stages = _spy_repro(monkeypatch)
-    result = load_flow_module("training").training(root=str(root))
+    result = flow_module("training").training(root=str(root))
 
     assert stages == []  # one `dvc status` found nothing changed: no stage process started
     assert result["unchanged"] is True and result["version"] == "1", result
@@ -82,7 +81,9 @@ def test_rerun_with_nothing_changed_registers_no_duplicate(
     assert str(client.get_model_version_by_alias("histoflow", "champion").version) == "1"
 
 
-def test_bad_params_fail_before_any_stage_runs(tmp_path, trained_project, prefect_harness):
+def test_bad_params_fail_before_any_stage_runs(
+    tmp_path, trained_project, prefect_harness, flow_module
+):
     root = tmp_path / "project"
     shutil.copytree(trained_project, root, symlinks=True)
     params = yaml.safe_load((root / "params.yaml").read_text())
@@ -90,5 +91,5 @@ def test_bad_params_fail_before_any_stage_runs(tmp_path, trained_project, prefec
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     lock_before = (root / "dvc.lock").read_text()
     with pytest.raises(Exception, match="train_fusion.layerz: unknown key"):
-        load_flow_module("training").training(root=str(root))
+        flow_module("training").training(root=str(root))
     assert (root / "dvc.lock").read_text() == lock_before

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from prefect.states import Failed
 
-from conftest import load_flow_module
 from histoflow.dvc import DvcError
 
 
@@ -21,6 +20,6 @@ from histoflow.dvc import DvcError
         (ValueError("validate: 3 errors"), False),
     ],
 )
-def test_only_transient_failures_are_retried(error, retried):
-    transient = load_flow_module("training")._transient
+def test_only_transient_failures_are_retried(error, retried, flow_module):
+    transient = flow_module("training")._transient
     assert transient(None, None, Failed(data=error)) is retried

@@ -8,10 +8,23 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import FEATURE_STATS as FEATURES
 from histoflow.config import MonitorConfig
 from histoflow.monitoring.report import MonitorData, monitoring_report
 
+# (mean, std) of each per-image QC feature: realistic tables without images; the scales differ
+# on purpose.
+FEATURES = {
+    "brightness": (0.70, 0.05),
+    "contrast": (0.20, 0.04),
+    "blur": (150.0, 40.0),
+    "tissue_fraction": (0.60, 0.15),
+    "mean_r": (200.0, 12.0),
+    "mean_g": (150.0, 15.0),
+    "mean_b": (190.0, 10.0),
+    "saturation": (0.30, 0.06),
+    "od_hematoxylin": (0.45, 0.08),
+    "od_eosin": (0.35, 0.07),
+}
 CLASSES = ["tumor", "stroma", "normal", "debris"]
 STAIN = ["mean_b", "od_hematoxylin", "od_eosin", "saturation"]
 N_PCS = 8

@@ -20,10 +20,10 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import BIN, tiny_params_dict
 from histoflow.config import parse_params
 from histoflow.registry import (
     RegistryUnavailable,
+    evaluation_metrics,
     log_and_register,
     promote,
     promote_by_hand,
@@ -31,6 +31,7 @@ from histoflow.registry import (
     status,
 )
 from histoflow.registry.tracking import use_tracking_uri
+from histoflow.stages import evaluate, train_encoder, train_fusion
 from servers import Server, free_port
 
 pytestmark = pytest.mark.slow
@@ -38,12 +39,12 @@ NAME = "histoflow"
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
+def mlflow_server(tmp_path_factory, bin_dir):
     work = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     server = Server(
         [
-            f"{BIN}/mlflow",
+            f"{bin_dir}/mlflow",
             "server",
             "--backend-store-uri",
             f"sqlite:///{work / 'mlflow.db'}",
@@ -74,14 +75,13 @@ def over_http(mlflow_server, monkeypatch):
     return MlflowClient()
 
 
-def _params(**registry):
+def _params(tiny_params_dict, **registry):
     return parse_params(tiny_params_dict(registry={"retry_backoff_s": 0.1, **registry}))
 
 
 def _register(root: Path, params) -> str:
-    evaluation = json.loads((root / "metrics/evaluate.json").read_text())
-    metrics = {k: float(v) for k, v in evaluation.items() if isinstance(v, int | float)}
-    metrics.update({f"recall.{c}": v for c, v in evaluation["per_class_recall"].items()})
+    evaluation = json.loads((root / evaluate.Outputs().metrics).read_text())
+    metrics = evaluation_metrics(evaluation)
     metrics.update({"macro_recall.ci_low": 0.2, "macro_recall.ci_high": 0.9})
     example = next((root / "data").rglob("*.png"))
     return log_and_register(
@@ -89,8 +89,8 @@ def _register(root: Path, params) -> str:
         params,
         metrics=metrics,
         model_files={
-            "encoder": root / "outputs/train_encoder/model",
-            "fusion": root / "outputs/train_fusion/model",
+            "encoder": root / train_encoder.Outputs().model,
+            "fusion": root / train_fusion.Outputs().model,
         },
         classes=sorted(evaluation["per_class_recall"]),
         example_image=example,
@@ -111,10 +111,10 @@ def _cheap_version(client: MlflowClient, macro_recall: float, recalls: dict[str,
 
 
 def test_register_over_http_then_promote_and_load_in_a_fresh_process(
-    over_http, reproduced_project, tmp_path
+    over_http, reproduced_project, tmp_path, tiny_params_dict
 ):
     client = over_http
-    version = _register(reproduced_project, _params())
+    version = _register(reproduced_project, _params(tiny_params_dict))
     assert version == "1"
     mv = client.get_model_version(NAME, version)
     assert mv.tags["registration"] == "complete"
@@ -127,7 +127,7 @@ def test_register_over_http_then_promote_and_load_in_a_fresh_process(
     artifacts = {a.path for a in client.list_artifacts(mv.run_id)}
     assert {"params.yaml", "metrics", "model_card.md", "environment"} <= artifacts
 
-    decision = promote(_params().registry, version, reproduced_project)
+    decision = promote(_params(tiny_params_dict).registry, version, reproduced_project)
     assert decision.promoted and decision.reason == "no champion yet"
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
     assert client.get_model_version(NAME, "1").tags["promotion.decision"] == "promoted"
@@ -157,7 +157,7 @@ def test_register_over_http_then_promote_and_load_in_a_fresh_process(
 
 
 def test_mlflow_models_serve_answers_like_histoflow_predict(
-    over_http, reproduced_project, tmp_path, monkeypatch
+    over_http, reproduced_project, tmp_path, monkeypatch, bin_dir
 ):
     from histoflow.cli import main
 
@@ -165,7 +165,7 @@ def test_mlflow_models_serve_answers_like_histoflow_predict(
     port = free_port()
     server = Server(
         [
-            f"{BIN}/mlflow",
+            f"{bin_dir}/mlflow",
             "models",
             "serve",
             "-m",
@@ -210,10 +210,10 @@ def test_mlflow_models_serve_answers_like_histoflow_predict(
     assert list(served["caption"]) == list(local["caption"])
 
 
-def test_two_concurrent_promotions_cannot_both_win(over_http, reproduced_project):
+def test_two_concurrent_promotions_cannot_both_win(over_http, reproduced_project, tiny_params_dict):
     client = over_http
     recalls = {"a": 0.99, "b": 0.99}
-    cfg = _params().registry
+    cfg = _params(tiny_params_dict).registry
     # A known, beatable champion: the tiny pipeline's own may score 1.0, which nothing beats.
     low = _cheap_version(client, 0.5, {"a": 0.5, "b": 0.5})
     promote_by_hand(cfg, low, reproduced_project, note="baseline for the race")
@@ -239,9 +239,11 @@ def test_two_concurrent_promotions_cannot_both_win(over_http, reproduced_project
     assert client.search_registered_models(f"name = '{NAME}.promotion-lock'") == []
 
 
-def test_rules_rollback_and_promotion_by_hand_are_recorded(over_http, reproduced_project):
+def test_rules_rollback_and_promotion_by_hand_are_recorded(
+    over_http, reproduced_project, tiny_params_dict
+):
     client = over_http
-    cfg = _params(min_class_recall=0.5).registry
+    cfg = _params(tiny_params_dict, min_class_recall=0.5).registry
     before = status(cfg, reproduced_project)["champion"]["version"]
     weak = _cheap_version(client, 1.0, {"a": 1.0, "b": 0.4})  # best overall, one class poor
     decision = promote(cfg, weak, reproduced_project)
@@ -265,13 +267,13 @@ def test_rules_rollback_and_promotion_by_hand_are_recorded(over_http, reproduced
 
 
 def test_registration_with_the_server_down_fails_clearly_and_registers_nothing(
-    over_http, mlflow_server, reproduced_project
+    over_http, mlflow_server, reproduced_project, tiny_params_dict
 ):
     client = over_http
     count = len(client.search_model_versions(f"name = '{NAME}'"))
     mlflow_server["server"].stop()
     with pytest.raises(RegistryUnavailable) as err:
-        _register(reproduced_project, _params(retries=2))
+        _register(reproduced_project, _params(tiny_params_dict, retries=2))
     message = str(err.value)
     assert (
         mlflow_server["url"] in message

@@ -9,21 +9,23 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import tiny_params_dict
 from histoflow.config import parse_params
 from histoflow.registry import log_and_register
+from histoflow.stages import evaluate, train_encoder, train_fusion
 
 pytestmark = pytest.mark.slow
 
 
 def test_failure_after_the_version_exists_deletes_it_and_the_retry_succeeds(
-    reproduced_project, tmp_path, monkeypatch
+    reproduced_project, tmp_path, monkeypatch, tiny_params_dict
 ):
     root = tmp_path / "project"
-    for part in ("outputs/train_encoder/model", "outputs/train_fusion/model", "metrics"):
+    encoder, fusion = train_encoder.Outputs().model, train_fusion.Outputs().model
+    metrics_file = evaluate.Outputs().metrics
+    for part in (encoder, fusion, metrics_file.parent):
         shutil.copytree(reproduced_project / part, root / part)
     example = next((reproduced_project / "data").rglob("*.png"))
-    evaluation = json.loads((root / "metrics/evaluate.json").read_text())
+    evaluation = json.loads((root / metrics_file).read_text())
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
     # The tracking server "drops" the first alias update, after the version was created.
@@ -42,10 +44,7 @@ def test_failure_after_the_version_exists_deletes_it_and_the_retry_succeeds(
         root,
         params,
         metrics={"macro_recall": evaluation["macro_recall"]},
-        model_files={
-            "encoder": root / "outputs/train_encoder/model",
-            "fusion": root / "outputs/train_fusion/model",
-        },
+        model_files={"encoder": root / encoder, "fusion": root / fusion},
         classes=sorted(evaluation["per_class_recall"]),
         example_image=example,
         artifacts=[],

@@ -6,6 +6,7 @@ out like a project (data, the validated manifest, params.yaml), as ``dvc repro``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -20,11 +21,11 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_params_dict
 from histoflow.config import parse_params
 from histoflow.stages import train_encoder, validate
 
 HISTOFLOW = str(Path(sys.executable).parent / "histoflow")
+OUT = train_encoder.Outputs()
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +36,12 @@ def validated(tmp_path_factory, tiny_data, tiny_params) -> Path:
     validate.run(
         tiny_params,
         validate.Inputs(data=root / "data"),
-        validate.Outputs(
-            manifest=root / train_encoder.Inputs().manifest,
-            report=root / "reports/validate",
-            metrics=root / "metrics/validate.json",
-        ),
+        validate.Outputs(*(root / p for p in dataclasses.astuple(validate.Outputs()))),
     )
     return root
 
 
-def _project(validated: Path, tmp_path: Path, **train_encoder) -> Path:
+def _project(validated: Path, tmp_path: Path, tiny_params_dict, **train_encoder) -> Path:
     root = tmp_path / "project"
     shutil.copytree(validated, root)
     raw = tiny_params_dict(train_encoder=train_encoder)
@@ -85,7 +82,7 @@ def test_empty_split_is_named(validated, tmp_path, tiny_params, split):
         train_encoder.run(tiny_params, *_io(root))
 
 
-def test_non_finite_loss_names_step_and_images(validated, tmp_path):
+def test_non_finite_loss_names_step_and_images(validated, tmp_path, tiny_params_dict):
     # An absurd learning rate blows the weights up after the first step: the loss of the
     # next batch is not finite, and training must stop there with that batch's images named.
     cfg = parse_params(
@@ -97,13 +94,15 @@ def test_non_finite_loss_names_step_and_images(validated, tmp_path):
     shutil.copytree(validated, root)
     with pytest.raises(FloatingPointError, match=r"at step \d+ \(epoch \d, batch \d\).*\.png"):
         train_encoder.run(cfg, *_io(root))
-    assert not (root / "outputs/train_encoder/model").exists()
+    assert not (root / OUT.model).exists()
 
 
-def test_killed_run_resumes_from_its_last_epoch(validated, tmp_path):
+def test_killed_run_resumes_from_its_last_epoch(validated, tmp_path, tiny_params_dict):
     epochs = 6
-    root = _project(validated, tmp_path, epochs=epochs, patience=epochs, batch_size=8)
-    last = root / "outputs/.train_encoder_checkpoints/last.ckpt"
+    root = _project(
+        validated, tmp_path, tiny_params_dict, epochs=epochs, patience=epochs, batch_size=8
+    )
+    last = root / train_encoder.checkpoint_dir(OUT) / "last.ckpt"
     proc = _stage(root)
     deadline = time.monotonic() + 300
     while not last.exists():
@@ -116,23 +115,24 @@ def test_killed_run_resumes_from_its_last_epoch(validated, tmp_path):
     proc.wait()
     saved_epoch = torch.load(last, weights_only=True)["epoch"]
     assert saved_epoch < epochs - 1, "the run finished before it could be killed"
-    assert not (root / "outputs/train_encoder/model").exists()
+    assert not (root / OUT.model).exists()
 
     proc = _stage(root)
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, output
-    metrics = json.loads((root / "metrics/train_encoder.json").read_text())
+    metrics = json.loads((root / OUT.metrics).read_text())
     assert metrics["resumed_from_epoch"] == saved_epoch + 1 >= 1
     assert metrics["epochs_this_run"] == epochs - saved_epoch - 1
-    history = pd.read_csv(root / "outputs/train_encoder/history.csv")
+    history = pd.read_csv(root / OUT.history)
     assert history["epoch"].tolist() == list(range(epochs))  # one curve across both processes
-    assert (root / "outputs/train_encoder/model/weights.safetensors").is_file()
+    assert (root / OUT.model / "weights.safetensors").is_file()
 
 
-def test_two_process_ddp_writes_one_checkpoint(validated, tmp_path):
+def test_two_process_ddp_writes_one_checkpoint(validated, tmp_path, tiny_params_dict):
     root = _project(
         validated,
         tmp_path,
+        tiny_params_dict,
         epochs=2,
         batch_size=4,
         accelerator="cpu",
@@ -142,18 +142,18 @@ def test_two_process_ddp_writes_one_checkpoint(validated, tmp_path):
     proc = _stage(root)
     output, _ = proc.communicate(timeout=400)
     assert proc.returncode == 0, output
-    metrics = json.loads((root / "metrics/train_encoder.json").read_text())
+    metrics = json.loads((root / OUT.metrics).read_text())
     n_train = (pd.read_parquet(root / train_encoder.Inputs().manifest)["split"] == "train").sum()
     assert metrics["world_size"] == 2
     # Each process trained on half the data: half the steps of a single process.
     assert metrics["global_step"] == 2 * -(-n_train // (2 * 4))
-    assert len(pd.read_csv(root / "outputs/train_encoder/history.csv")) == 2
-    ckpts = root / "outputs/.train_encoder_checkpoints"
+    assert len(pd.read_csv(root / OUT.history)) == 2
+    ckpts = root / train_encoder.checkpoint_dir(OUT)
     assert sorted(p.name for p in ckpts.iterdir()) == ["best.ckpt", "fingerprint.json", "last.ckpt"]
     # The exported encoder is the best checkpoint's.
     from safetensors.torch import load_file
 
-    exported = load_file(root / "outputs/train_encoder/model/weights.safetensors")
+    exported = load_file(root / OUT.model / "weights.safetensors")
     best = torch.load(ckpts / "best.ckpt", weights_only=True)["state_dict"]
     for name, tensor in exported.items():
         torch.testing.assert_close(tensor, best[f"encoder.{name}"])
