@@ -34,7 +34,7 @@ def _greyscale_batch(folder, n=36, size=32):
 
 
 @pytest.fixture
-def monitor(flow_module, monitor):
+def monitor(flow_module):
     """``monitor(batch, project, **kwargs)``: the monitoring flow on one batch folder."""
 
     def run(batch, project, **kwargs):
