@@ -1,9 +1,5 @@
 """Throughput of ``embed``'s image path against a bare timm forward and a plain fp32 loop; peak RSS.
 
-Usage::
-
-    python benchmarks/embed_throughput.py [--quick] [--repeats 3] [--model resnet18] [--size 96]
-
 Measured in one process, on the same pre-decoded batches (so only the model path differs):
 
 - the embed path: :class:`histoflow.inference.ImageEmbedder` ``embed_tensor`` (bf16 autocast and
@@ -13,75 +9,71 @@ Measured in one process, on the same pre-decoded batches (so only the model path
   channels_last and inference mode);
 - a plain fp32 loop (``model(x)`` under ``torch.no_grad``, default memory format);
 - the image pipeline with decoding (the stage's DataLoader with ``embed.num_workers`` worker
-  processes, embedding and the SQLite cache writes) on PNG files.
+  processes, embedding and the SQLite cache writes) on synthetic PNG tiles.
 
-Then the whole ``embed`` stage runs in a child process on 5,000 tiles (300 with ``--quick``)
-and its peak resident memory (``ru_maxrss``) is recorded. Captions repeat (12 distinct), as
-the text-embedding cache would make them after the first run, so the child measures the
-image side.
-
-Interface shared by the benchmark suite: ``run(quick=False, repeats=3) -> list[dict]``.
-Prints a markdown table and writes ``benchmarks/results/embed_throughput.json``.
+Then ``histoflow stage embed`` runs in a child process on 5,000 tiles (300 in quick mode) and
+the peak resident memory of that process is recorded. Captions repeat (12 distinct), as the text-embedding cache
+would make them after the first run, so the command measures the image side.
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import timm
 import torch
-from PIL import Image
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _machine import machine_info
+from _harness import REPO, main, measure, tiles  # benchmarks/ is on sys.path
 
 from histoflow.config import TrainEncoderConfig, load_params
 from histoflow.device import autocast
+from histoflow.embeddings.cache import ImageEmbeddingCache, embed_missing
 from histoflow.inference import ImageEmbedder
-from histoflow.io import write_json
 from histoflow.models.checkpoint import save_model
 from histoflow.models.encoder import create_encoder_from_params, encoder_description
+from histoflow.stages import default_io
+from histoflow.stages.embed import Inputs
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).parent / "results" / "embed_throughput.json"
+MODEL, SIZE, BATCH = "resnet18", 96, 128
 _GRID = 4
+# `histoflow stage embed`, reporting the stage process's own peak RSS (its kernel high-water
+# mark): measure's largest process would be a DataLoader worker, which forks from the stage
+# and counts the stage's resident pages as its own.
+_STAGE = """import resource, sys
+from histoflow.cli import main
+status = main(sys.argv[1:])
+print("peak_rss_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+sys.exit(status)
+"""
 
 
-def run(
-    quick: bool = False,
-    repeats: int = 3,
-    *,
-    model: str = "resnet18",
-    size: int = 96,
-    batch: int = 128,
-) -> list[dict]:
-    """The benchmark figures (see the module docstring); one sample per repeat."""
+def run(quick: bool = False, repeats: int = 3) -> list[dict]:
+    """The figures (see the module docstring); one sample per repeat."""
     torch.manual_seed(0)
     n_fwd = 256 if quick else 1024  # images per throughput sample
     # 5,000 tiles: 10x the built-in dataset; pipeline_scale shows the stage's memory from 1x to 16x.
     n_rss = 300 if quick else 5000
+    cfg = load_params(REPO / "params.yaml")
     with tempfile.TemporaryDirectory(prefix="embed_bench_") as tmp:
-        tmp = Path(tmp)
-        encoder_dir = tmp / "model"
-        _save_encoder(encoder_dir, model, size)
-        embedder = ImageEmbedder(encoder_dir, _GRID)
-        bare = timm.create_model(model, num_classes=0).eval()
+        # A folder laid out as `embed` finds it after `captions` and `train_encoder`.
+        project = Path(tmp)
+        inputs, _ = default_io("embed", cfg)
+        table = tiles(project / inputs.data, n_rss, size=SIZE)
+        _save_encoder(project / inputs.encoder)
+        _write_inputs(project, inputs, table)
+        embedder = ImageEmbedder(project / inputs.encoder, _GRID)
+        bare = timm.create_model(MODEL, num_classes=0).eval()
         bare.load_state_dict(embedder.encoder.state_dict())
-        fp32 = timm.create_model(model, num_classes=0).eval()
+        fp32 = timm.create_model(MODEL, num_classes=0).eval()
         fp32.load_state_dict(embedder.encoder.state_dict())
         bare = bare.to(embedder.device, memory_format=torch.channels_last)
-        x = torch.randn(batch, 3, size, size)
-        batches = max(1, n_fwd // batch)
+        x = torch.randn(BATCH, 3, SIZE, SIZE)
+        batches = max(1, n_fwd // BATCH)
 
         def embed_path() -> None:
             for _ in range(batches):
@@ -99,19 +91,25 @@ def run(
             for _ in range(batches):
                 fp32(x)
 
+        def pipeline() -> None:
+            _pipeline(embedder, project / inputs.data, table.iloc[:n_fwd], cfg.embed.num_workers)
+
         embed_path(), bare_forward()  # warm-up (oneDNN kernel selection)
         samples: dict[str, list[float]] = {"embed": [], "bare": [], "fp32": [], "decode": []}
-        data = _write_tiles(tmp / "data", n_fwd, size)
         for _ in range(repeats):  # interleaved, so load changes hit every variant alike
-            samples["embed"].append(batches * batch / _seconds(embed_path))
-            samples["bare"].append(batches * batch / _seconds(bare_forward))
-            samples["fp32"].append(batches * batch / _seconds(fp32_loop))
-            samples["decode"].append(n_fwd / _seconds(lambda: _pipeline(embedder, data, tmp)))
-        rss_mib, rss_s = _stage_peak_rss(tmp / "rss", encoder_dir, n_rss, size)
+            samples["embed"].append(batches * BATCH / _seconds(embed_path))
+            samples["bare"].append(batches * BATCH / _seconds(bare_forward))
+            samples["fp32"].append(batches * BATCH / _seconds(fp32_loop))
+            samples["decode"].append(n_fwd / _seconds(pipeline))
+        cmd = [sys.executable, "-c", _STAGE, "--params", str(REPO / "params.yaml")]
+        stage = measure([*cmd, "stage", "embed"], project)
+    lines = stage.output.splitlines()
+    metrics = json.loads([ln for ln in lines if ln.startswith("{")][-1])
+    assert metrics["n_images"] == n_rss, metrics
+    peak_rss_mib = int([ln for ln in lines if ln.startswith("peak_rss_kib")][-1].split()[1]) / 1024
     dtype = "bf16 autocast" if embedder.bf16 else "fp32"
-    workers = load_params(REPO / "params.yaml").embed.num_workers
     ratio = lambda a, b: [x / y for x, y in zip(samples[a], samples[b], strict=True)]  # noqa: E731
-    setting = f"{model}, {size} px, batch {batch}, {dtype}, {embedder.device.type}"
+    setting = f"{MODEL}, {SIZE} px, batch {BATCH}, {dtype}, {embedder.device.type}"
     return [
         {"figure": f"embed path ({setting})", "unit": "images/s", "samples": samples["embed"]},
         {
@@ -120,7 +118,7 @@ def run(
             "samples": samples["bare"],
         },
         {
-            "figure": f"plain fp32 loop ({model}, {size} px)",
+            "figure": f"plain fp32 loop ({MODEL}, {SIZE} px)",
             "unit": "images/s",
             "samples": samples["fp32"],
         },
@@ -137,24 +135,54 @@ def run(
             "target": ">= 3",
         },
         {
-            "figure": f"image pipeline incl. PNG decoding ({workers} workers) and cache writes",
+            "figure": f"image pipeline incl. PNG decoding ({cfg.embed.num_workers} workers) and "
+            "cache writes",
             "unit": "images/s",
             "samples": samples["decode"],
             "notes": "decoding workers share the CPU cores with the model",
         },
         {
-            "figure": f"embed stage peak RSS on {n_rss:,} tiles ({size} px)",
+            "figure": f"embed stage peak RSS on {n_rss:,} tiles ({SIZE} px)",
             "unit": "MiB",
-            "samples": [rss_mib],
-            "notes": f"one child-process run, {rss_s:.0f} s; 12 distinct captions",
+            "samples": [peak_rss_mib],
+            "notes": f"one child-process run, {stage.seconds:.0f} s; 12 distinct captions",
         },
     ]
 
 
-def _save_encoder(folder: Path, model: str, size: int) -> None:
-    p = TrainEncoderConfig(backbone=model)
+def _save_encoder(folder: Path) -> None:
+    """An untrained encoder, saved as ``train_encoder`` saves one."""
+    p = TrainEncoderConfig(backbone=MODEL)
     encoder = create_encoder_from_params(p)
-    save_model(folder, encoder, {**encoder_description(p, encoder), "image_size": size})
+    save_model(folder, encoder, {**encoder_description(p, encoder), "image_size": SIZE})
+
+
+def _write_inputs(project: Path, inputs: Inputs, table: pd.DataFrame) -> None:
+    """The validated manifest and the captions table, where ``embed`` reads them."""
+    (project / inputs.manifest).parent.mkdir(parents=True, exist_ok=True)
+    table[["path", "label", "split", "sha256"]].to_parquet(project / inputs.manifest, index=False)
+    (project / inputs.captions).parent.mkdir(parents=True, exist_ok=True)
+    captions = [f"tissue tile of kind {i % 12}" for i in range(len(table))]
+    table[["path"]].assign(caption=captions).to_csv(project / inputs.captions, index=False)
+
+
+def _pipeline(embedder: ImageEmbedder, data: Path, table: pd.DataFrame, workers: int) -> None:
+    """The stage's image side (DataLoader workers, embedding, cache writes) on an empty cache."""
+    db = data.parent / f"cache_{uuid.uuid4().hex}.sqlite"
+    cache = ImageEmbeddingCache(db, "bench")
+    try:
+        embed_missing(
+            embedder,
+            cache,
+            data,
+            table["path"].tolist(),
+            table["sha256"].tolist(),
+            batch_size=BATCH,
+            num_workers=workers,
+        )
+    finally:
+        cache.close()
+        db.unlink()
 
 
 def _seconds(fn) -> float:
@@ -163,111 +191,5 @@ def _seconds(fn) -> float:
     return time.perf_counter() - started
 
 
-def _write_tiles(folder: Path, n: int, size: int) -> Path:
-    """``n`` smooth random RGB PNG tiles (decode cost like real tiles), a manifest and captions."""
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(n):
-        low = rng.integers(0, 255, (size // 8, size // 8, 3), dtype=np.uint8)
-        image = Image.fromarray(low).resize((size, size), Image.BILINEAR)
-        path = f"t{i:06d}.png"
-        image.save(folder / path)
-        sha = hashlib.sha256((folder / path).read_bytes()).hexdigest()
-        rows.append({"path": path, "label": f"c{i % 3}", "split": "train", "sha256": sha})
-    table = pd.DataFrame(rows)
-    table.to_parquet(folder.parent / f"{folder.name}_manifest.parquet", index=False)
-    captions = table[["path"]].assign(caption=[f"tissue tile of kind {i % 12}" for i in range(n)])
-    captions.to_csv(folder.parent / f"{folder.name}_captions.csv", index=False)
-    return folder
-
-
-def _pipeline(embedder: ImageEmbedder, data: Path, tmp: Path) -> None:
-    """The stage's image side (DataLoader workers, embedding, cache writes) on an empty cache."""
-    from histoflow.embeddings.cache import ImageEmbeddingCache, embed_missing
-
-    table = pd.read_parquet(data.parent / f"{data.name}_manifest.parquet")
-    db = tmp / f"cache_{time.monotonic_ns()}.sqlite"
-    cache = ImageEmbeddingCache(db, "bench")
-    p = load_params(REPO / "params.yaml").embed.model_copy(update={"batch_size": 128})
-    try:
-        embed_missing(
-            embedder,
-            cache,
-            data,
-            table["path"].tolist(),
-            table["sha256"].tolist(),
-            batch_size=p.batch_size,
-            num_workers=p.num_workers,
-        )
-    finally:
-        cache.close()
-        db.unlink()
-
-
-def _stage_peak_rss(folder: Path, encoder_dir: Path, n: int, size: int) -> tuple[float, float]:
-    """Peak RSS (MiB) and seconds of ``embed.run`` on ``n`` tiles, in a fresh child process."""
-    _write_tiles(folder / "data", n, size)
-    script = f"""
-import json, resource, sys
-from pathlib import Path
-from histoflow.config import load_params
-from histoflow.stages import embed
-cfg = load_params({str(REPO / "params.yaml")!r})
-root = Path({str(folder)!r})
-inputs = embed.Inputs(data=root / "data", manifest=root / "data_manifest.parquet",
-                      captions=root / "data_captions.csv", encoder=Path({str(encoder_dir)!r}))
-metrics = embed.run(cfg, inputs, embed.Outputs(features=root / "out" / "embed"))
-print(json.dumps({{"metrics": metrics,
-                  "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}))
-"""
-    started = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env={**os.environ}
-    )
-    seconds = time.perf_counter() - started
-    if proc.returncode:
-        raise RuntimeError(f"embed child failed:\n{proc.stderr[-3000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["metrics"]["n_images"] == n
-    return result["maxrss_kib"] / 1024, seconds
-
-
-def _markdown(figures: list[dict], machine: dict) -> str:
-    lines = [
-        f"embed throughput ({machine['cpus']} CPUs; load average "
-        f"{machine['load_average_before'][0]} before, {machine['load_average_after'][0]} after)",
-        "",
-        "| figure | median | samples | unit | target |",
-        "|---|---:|---|---|---|",
-    ]
-    for f in figures:
-        s = f["samples"]
-        lines.append(
-            f"| {f['figure']} | {np.median(s):.2f} | {', '.join(f'{v:.2f}' for v in s)} "
-            f"| {f['unit']} | {f.get('target', '')} |"
-        )
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--model", default="resnet18")
-    parser.add_argument("--size", type=int, default=96)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
-    load_before = os.getloadavg()
-    figures = run(args.quick, args.repeats, model=args.model, size=args.size)
-    machine = machine_info(load_before)
-    print(_markdown(figures, machine))
-    write_json(
-        args.out, {"figures": figures, "machine": machine, "torch_threads": torch.get_num_threads()}
-    )
-    print(f"\nwrote {args.out}")
-    return figures
-
-
 if __name__ == "__main__":
-    main()
+    sys.exit(main(__doc__))

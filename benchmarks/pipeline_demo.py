@@ -1,9 +1,5 @@
 """The ``make demo`` pipeline end to end, its stages, and what Prefect + MLflow add to DVC.
 
-Usage::
-
-    python benchmarks/pipeline_demo.py [--quick] [--repeats 3]
-
 In a throw-away project (git + DVC, this repository's pipeline and ``params.yaml``) on the
 built-in synthetic dataset (6 classes x 80 tiles of 64 px), does what ``make demo`` does after
 installation, one command at a time so each is timed with its peak memory:
@@ -20,44 +16,34 @@ alternately ``repeats`` times: the no-op wall times and their difference, the ov
 Prefect + MLflow over plain DVC. The end-to-end run happens once (it is minutes of work); the
 no-op pairs are repeated. ``--quick`` uses the test suite's tiny data and params and monitors
 one batch.
-
-Prints a markdown table and writes ``benchmarks/results/pipeline_demo.json``.
 """
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 
-from _figures import figures_main  # benchmarks/ is on sys.path when run as a script
-from _project import (
-    BIN,
-    QUICK_DATA,
-    QUICK_PARAMS,
-    Measurement,
-    combined,
-    make_project,
-    measure,
-    synth_data,
-)
+from _harness import BIN, REPO, Measurement, combined, main, measure  # benchmarks/ is on sys.path
 
+from histoflow.data.synthetic import generate
 from histoflow.dvc import stage_order
+from histoflow.tiny import TINY, TINY_DATA, make_project
 
-RESULTS = Path(__file__).parent / "results" / "pipeline_demo.json"
 _BATCHES = (("demo_in_distribution", 101, 0.0), ("demo_stain_shift", 102, 1.0))
 
 
 def run(quick: bool = False, repeats: int = 3) -> list[dict]:
-    """The suite's figures (``benchmarks/suite.py``); see the module docstring."""
+    """The figures (see the module docstring)."""
     with tempfile.TemporaryDirectory(prefix="hf-bench-demo-") as tmp:
         root = Path(tmp)
         if quick:
-            data = synth_data(root / "dataset", **QUICK_DATA)
-            project = make_project(root / "project", data, QUICK_PARAMS)
-            batch = {"per_class": 4, "size": QUICK_DATA["size"], "classes": QUICK_DATA["classes"]}
+            generate(root / "dataset", **TINY_DATA)
+            project = make_project(root / "project", root / "dataset", TINY, repo=REPO)
+            batch = {"per_class": 4, "size": TINY_DATA["size"], "classes": TINY_DATA["classes"]}
         else:
-            data = synth_data(root / "dataset", per_class=80)
-            project = make_project(root / "project", data)
+            generate(root / "dataset")  # the built-in dataset: 6 classes x 80 tiles of 64 px
+            project = make_project(root / "project", root / "dataset", repo=REPO)
             batch = {"per_class": 20, "size": 64, "classes": 6}
         batches = _BATCHES[:1] if quick else _BATCHES
         steps = _demo(project, batch, batches)
@@ -167,4 +153,4 @@ def _histoflow(project: Path, *args: str) -> Measurement:
 
 
 if __name__ == "__main__":
-    figures_main(run, RESULTS, __doc__)
+    sys.exit(main(__doc__))

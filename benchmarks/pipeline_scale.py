@@ -1,9 +1,5 @@
 """How pipeline time and memory grow with the dataset: 1x, 4x and 16x the built-in dataset.
 
-Usage::
-
-    python benchmarks/pipeline_scale.py [--quick] [--repeats 3]
-
 Generates the built-in synthetic dataset (6 classes) once at the largest size, 16 x 80 tiles
 per class, and hard-links its first 80, 320 and 1,280 tiles per class into one throw-away
 project per size (byte for byte ``histoflow data synth --per-class N --size 32``: the generator
@@ -19,30 +15,20 @@ same sweep, growth ratios 16x / 1x (linear time growth is 16x; flat memory is 1x
 is minutes, so the full mode sweeps once. ``--quick`` is a smoke run of the same code: the tiny
 test data at 1x and 2x (3 classes x 16 and 32 tiles), ``validate`` and ``captions`` only,
 ``repeats`` sweeps.
-
-Prints a markdown table and writes ``benchmarks/results/pipeline_scale.json``.
 """
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 
-from _figures import figures_main  # benchmarks/ is on sys.path when run as a script
-from _project import (
-    BIN,
-    QUICK_DATA,
-    QUICK_PARAMS,
-    Measurement,
-    make_project,
-    measure,
-    subset_data,
-    synth_data,
-)
+from _harness import BIN, REPO, Measurement, main, measure, subset  # benchmarks/ is on sys.path
 
+from histoflow.data.synthetic import generate
 from histoflow.dvc import stage_order
+from histoflow.tiny import TINY, TINY_DATA, make_project
 
-RESULTS = Path(__file__).parent / "results" / "pipeline_scale.json"
 SCALES = (1, 4, 16)
 QUICK_SCALES = (1, 2)
 QUICK_STAGES = ("validate", "captions")  # each stage is a process start (~5 s): keep quick short
@@ -61,22 +47,23 @@ _FULL_SWEEPS = 1
 
 
 def run(quick: bool = False, repeats: int = 3) -> list[dict]:
-    """The suite's figures (``benchmarks/suite.py``); see the module docstring."""
+    """The figures (see the module docstring)."""
     scales = QUICK_SCALES if quick else SCALES
-    base = QUICK_DATA["per_class"] if quick else BASE_PER_CLASS
-    data_args = QUICK_DATA if quick else {"per_class": BASE_PER_CLASS, "size": 32, "classes": 6}
-    params = QUICK_PARAMS if quick else SCALE_PARAMS
+    base = TINY_DATA["per_class"] if quick else BASE_PER_CLASS
+    data_args = TINY_DATA if quick else {"per_class": BASE_PER_CLASS, "size": 32, "classes": 6}
+    params = TINY if quick else SCALE_PARAMS
     sweeps = repeats if quick else _FULL_SWEEPS
     # runs[sweep][scale][stage] -> Measurement
     runs: list[dict[int, dict[str, Measurement]]] = []
     with tempfile.TemporaryDirectory(prefix="hf-bench-scale-") as tmp:
         root = Path(tmp)
-        full = synth_data(root / "full", **{**data_args, "per_class": base * max(scales)})
+        full = root / "full"
+        generate(full, **{**data_args, "per_class": base * max(scales)})
         for sweep in range(sweeps):
             runs.append({})
             for k in scales:
-                data = subset_data(full, root / f"data_{sweep}_{k}x", base * k)
-                project = make_project(root / f"project_{sweep}_{k}x", data, params)
+                data = subset(full, root / f"data_{sweep}_{k}x", base * k)
+                project = make_project(root / f"project_{sweep}_{k}x", data, params, repo=REPO)
                 stages = [s for s in stage_order(project) if not quick or s in QUICK_STAGES]
                 runs[-1][k] = {
                     stage: measure([str(BIN / "dvc"), "repro", "--single-item", stage], project)
@@ -159,4 +146,4 @@ def run(quick: bool = False, repeats: int = 3) -> list[dict]:
 
 
 if __name__ == "__main__":
-    figures_main(run, RESULTS, __doc__)
+    sys.exit(main(__doc__))

@@ -18,16 +18,12 @@ on; the exit status is then 1. Each module runs in its own process.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import importlib
-import importlib.metadata
 import json
 import math
 import os
-import platform
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,8 +33,10 @@ import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:  # the modules import their helpers (`_machine`) as top-level
+if str(HERE) not in sys.path:  # the modules import their helpers (`_harness`) as top-level
     sys.path.insert(0, str(HERE))
+
+from _harness import machine  # noqa: E402
 
 from histoflow.io import atomic_path, write_json  # noqa: E402
 
@@ -48,6 +46,7 @@ RESULTS = HERE / "results"
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``make bench`` command line; the exit status is 1 when a module failed."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="reduced sizes: a fast smoke run")
     parser.add_argument("--repeats", type=int, default=3, help="measurements of each figure")
@@ -172,37 +171,6 @@ def summarize(samples: list[float]) -> dict:
     }
 
 
-def machine(load_before: tuple[float, ...] | None = None) -> dict:
-    """What the figures depend on: CPU, cores, memory, GPU, versions, load, commit.
-
-    Reads no torch (the parent process stays light); the GPU comes from ``nvidia-smi``.
-    """
-    import psutil
-
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    info = {
-        "hostname": socket.gethostname(),
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "gpu": _command("nvidia-smi", "--query-gpu=name", "--format=csv,noheader"),
-        "python": platform.python_version(),
-        "torch": _version("torch"),
-        "platform": platform.platform(),
-        "git_commit": _command("git", "-C", str(HERE), "describe", "--always", "--dirty"),
-    }
-    if load_before is not None:
-        info["load_average_before"] = [round(x, 2) for x in load_before]
-    info["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    return info
-
-
 def markdown(results: dict) -> str:
     """The results as one markdown table, machine and mode above it."""
     m = results["machine"]
@@ -272,22 +240,6 @@ def _names(text: str) -> set[str]:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "machine"
-
-
-def _command(*cmd: str) -> str | None:
-    """First line of a command's output, or None when it is missing or fails."""
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip().splitlines()[0] if out.stdout.strip() else None
-
-
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 if __name__ == "__main__":

@@ -1,9 +1,5 @@
 """One training epoch of ``train_encoder``'s LightningModule + Trainer against a bare PyTorch loop.
 
-Usage::
-
-    python benchmarks/train_epoch.py [--quick] [--repeats 3] [--backbone resnet18]
-
 Both sides train the same timm backbone (fresh, same seed) with a linear head on the same
 synthetic tiles, through the stage's own training DataLoader (same augmentation, batch size
 and workers), with the same dtype (bf16 autocast where :func:`histoflow.device.use_bf16` says
@@ -12,16 +8,12 @@ clipping. The Lightning side is :func:`histoflow.training.encoder.build_module` 
 ``build_trainer`` (validation and checkpoint files off, so both do the same work). Each repeat
 runs both, in alternating order; the ratio is bare epoch time / Lightning epoch time of the same
 repeat (1.0 = no overhead). Target (issue #5): at least 0.85.
-
-Writes ``benchmarks/results/train_epoch.json``.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
-import os
-import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,39 +21,35 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
-from _machine import machine_info  # benchmarks/ is on sys.path when run as a script
+from _harness import main, tiles  # benchmarks/ is on sys.path
 
 from histoflow.config import TrainEncoderConfig
-from histoflow.data.synthetic import generate
 from histoflow.device import autocast, pick_device, use_bf16
-from histoflow.io import write_json
 from histoflow.models.encoder import create_encoder
 from histoflow.training.encoder import build_module, build_trainer, train_loader
 from histoflow.training.optim import adamw, warmup_cosine
 
-__all__ = ["run"]
-
-RESULTS = Path(__file__).parent / "results" / "train_epoch.json"
 TARGET_RATIO = 0.85
+SIZE = 64  # tile side in pixels
 
 
-def run(
-    quick: bool = False, repeats: int = 3, backbone: str | None = None, size: int = 64
-) -> list[dict]:
-    """Time one epoch both ways, ``repeats`` times; figures in the shared benchmark format."""
-    backbone = backbone or ("test_resnet" if quick else "resnet18")
+def run(quick: bool = False, repeats: int = 3) -> list[dict]:
+    """Time one epoch both ways, ``repeats`` times.
+
+    Full: resnet18 on 4 classes x 64 tiles; quick: test_resnet on 4 x 16.
+    """
+    backbone = "test_resnet" if quick else "resnet18"
     per_class = 16 if quick else 64
     p = TrainEncoderConfig(backbone=backbone, batch_size=32, epochs=1, warmup_epochs=0.5)
     device = pick_device(p.accelerator)
     bf16 = use_bf16(device, p.precision)
     lightning_s, bare_s = [], []
     with tempfile.TemporaryDirectory(prefix="train_epoch_") as tmp:
-        manifest = generate(Path(tmp) / "data", classes=4, per_class=per_class, size=size, seed=0)
-        rows = _read_rows(manifest)
-        classes = sorted({label for _, label in rows})
-        paths = [path for path, _ in rows]
-        labels = [classes.index(label) for _, label in rows]
-        loader = functools.partial(train_loader, p, Path(tmp) / "data", paths, labels, size)
+        table = tiles(Path(tmp) / "data", 4 * per_class, size=SIZE, classes=4)
+        classes = sorted(set(table["label"]))
+        paths = table["path"].tolist()
+        labels = [classes.index(label) for label in table["label"]]
+        loader = functools.partial(train_loader, p, Path(tmp) / "data", paths, labels, SIZE)
         _bare_epoch(p, loader(), len(classes), device, bf16, max_steps=2)  # warm-up kernels
         for i in range(repeats):
             order = (
@@ -72,7 +60,7 @@ def run(
                 (lightning_s if fn is _lightning_epoch else bare_s).append(seconds)
     n = len(paths)
     notes = (
-        f"{backbone}, {n} tiles of {size} px, batch {p.batch_size}, "
+        f"{backbone}, {n} tiles of {SIZE} px, batch {p.batch_size}, "
         f"{'bf16 autocast' if bf16 else 'fp32'} on {device.type}"
     )
     return [
@@ -96,13 +84,6 @@ def run(
             "notes": notes,
         },
     ]
-
-
-def _read_rows(manifest: Path) -> list[tuple[str, str]]:
-    import pandas as pd
-
-    table = pd.read_csv(manifest)
-    return list(zip(table["path"], table["label"], strict=True))
 
 
 def _lightning_epoch(p, loader, num_classes, device, bf16) -> float:
@@ -166,28 +147,5 @@ class _EpochTimer(L.Callback):
         self.seconds = time.perf_counter() - self._start
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="test_resnet on 64 tiles")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--backbone", default=None, help="timm model (default resnet18)")
-    parser.add_argument("--size", type=int, default=64, help="tile side in pixels")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
-    load_before = os.getloadavg()
-    figures = run(args.quick, args.repeats, args.backbone, args.size)
-    print("| figure | unit | median | samples | target |\n|---|---|---|---|---|")
-    for f in figures:
-        samples = ", ".join(f"{s:.3f}" for s in f["samples"])
-        print(
-            f"| {f['figure']} | {f['unit']} | {statistics.median(f['samples']):.3f} | "
-            f"{samples} | {f.get('target', '')} |"
-        )
-    print(f"\n{figures[0]['notes']}")
-    write_json(args.out, {"figures": figures, "machine": machine_info(load_before)})
-    print(f"wrote {args.out}")
-    return figures
-
-
 if __name__ == "__main__":
-    main()
+    sys.exit(main(__doc__))

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from histoflow import tiny
 from histoflow.config import Params, parse_params
 from histoflow.data.synthetic import generate
 from histoflow.project import DEFAULTS, environment, load_flow
@@ -78,27 +79,12 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 def _make_project(root: Path, data: Path, params: dict | None = None) -> Path:
-    """A fresh git + DVC project at ``root`` with this repository's pipeline and ``data``."""
-    root.mkdir(parents=True, exist_ok=True)
-    for name in ("dvc.yaml", "flows"):
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / name)
-    # dvc.yaml lists source files as deps; the copies make code changes visible to DVC.
-    shutil.copytree(
-        REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
-    )
-    shutil.copytree(data, root / "data")
-    (root / "params.yaml").write_text(
-        yaml.safe_dump(params or _tiny_params_dict(), sort_keys=False)
-    )
-    (root / ".gitignore").write_text("/data\n/mlruns\n/.prefect\n")
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    subprocess.run([f"{BIN}/dvc", "init", "-q"], cwd=root, check=True)
-    subprocess.run([f"{BIN}/dvc", "config", "core.analytics", "false"], cwd=root, check=True)
-    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
-    subprocess.run([*git, "commit", "-qm", "project"], cwd=root, check=True)
-    return root
+    """A fresh git + DVC project at ``root`` with this repository's pipeline and ``data``.
+
+    ``params`` is a whole params dict (default: the tiny params); ``data`` is copied, so a test
+    may change the project's images without touching the shared tiny dataset.
+    """
+    return tiny.make_project(root, data, params or _tiny_params_dict(), repo=REPO, link=False)
 
 
 def _dvc(root: Path, *args: str) -> str:

@@ -1,4 +1,4 @@
-"""The one adapter to DVC: reading the pipeline's order and running its stages.
+"""The one adapter to DVC: making a project, reading the pipeline's order and running its stages.
 
 Only this module shells out to ``dvc``.
 """
@@ -15,11 +15,43 @@ import yaml
 
 from histoflow.project import environment
 
-__all__ = ["DvcError", "changed", "data_hash", "lock_hashes", "ran_stages", "repro", "stage_order"]
+__all__ = [
+    "DvcError",
+    "changed",
+    "data_hash",
+    "init",
+    "lock_hashes",
+    "ran_stages",
+    "repro",
+    "stage_order",
+]
 
 
 class DvcError(RuntimeError):
     """A dvc command failed; the message carries its output."""
+
+
+def init(root: Path) -> None:
+    """Make the git repository ``root`` a DVC project (``dvc init``), analytics off.
+
+    Raises:
+        DvcError: with DVC's output when a command fails.
+    """
+    for args in (["init", "-q"], ["config", "core.analytics", "false"]):
+        proc = subprocess.run(
+            [_dvc(), *args],
+            cwd=root,
+            env=environment(root),
+            capture_output=True,
+            text=True,
+            errors="replace",
+            check=False,
+        )
+        if proc.returncode:
+            raise DvcError(
+                f"`dvc {' '.join(args)}` failed (exit {proc.returncode}) in {root}:\n"
+                f"{(proc.stdout + proc.stderr).strip()}"
+            )
 
 
 def stage_order(root: Path) -> list[str]:
