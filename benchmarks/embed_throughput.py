@@ -11,7 +11,7 @@ Measured in one process, on the same pre-decoded batches (so only the model path
 - the image pipeline with decoding (the stage's DataLoader with ``embed.num_workers`` worker
   processes, embedding and the SQLite cache writes) on synthetic PNG tiles.
 
-Then ``histoflow stage embed`` runs in a child process on 5,000 tiles (300 in quick mode) and
+Then ``histoflow stage embed`` runs in a child process on 5,000 tiles (100 in quick mode) and
 the peak resident memory of that process is recorded. Captions repeat (12 distinct), as the text-embedding cache
 would make them after the first run, so the command measures the image side.
 """
@@ -40,6 +40,8 @@ from histoflow.stages import default_io
 from histoflow.stages.embed import Inputs
 
 MODEL, SIZE, BATCH = "resnet18", 96, 128
+# Quick mode is a smoke run of the same code (the test suite runs it): timm's tiny test model.
+QUICK_MODEL, QUICK_SIZE, QUICK_BATCH = "test_resnet", 32, 32
 _GRID = 4
 # `histoflow stage embed`, reporting the stage process's own peak RSS (its kernel high-water
 # mark): measure's largest process would be a DataLoader worker, which forks from the stage
@@ -55,25 +57,26 @@ sys.exit(status)
 def run(quick: bool = False, repeats: int = 3) -> list[dict]:
     """The figures (see the module docstring); one sample per repeat."""
     torch.manual_seed(0)
-    n_fwd = 256 if quick else 1024  # images per throughput sample
+    model, size, batch = (QUICK_MODEL, QUICK_SIZE, QUICK_BATCH) if quick else (MODEL, SIZE, BATCH)
+    n_fwd = 64 if quick else 1024  # images per throughput sample
     # 5,000 tiles: 10x the built-in dataset; pipeline_scale shows the stage's memory from 1x to 16x.
-    n_rss = 300 if quick else 5000
+    n_rss = 100 if quick else 5000
     cfg = load_params(REPO / "params.yaml")
     with tempfile.TemporaryDirectory(prefix="embed_bench_") as tmp:
         # A folder laid out as `embed` finds it after `captions` and `train_encoder`.
         project = Path(tmp)
         inputs, _ = default_io("embed", cfg)
-        table = tiles(project / inputs.data, n_rss, size=SIZE)
-        _save_encoder(project / inputs.encoder)
+        table = tiles(project / inputs.data, n_rss, size=size)
+        _save_encoder(project / inputs.encoder, model, size)
         _write_inputs(project, inputs, table)
         embedder = ImageEmbedder(project / inputs.encoder, _GRID)
-        bare = timm.create_model(MODEL, num_classes=0).eval()
+        bare = timm.create_model(model, num_classes=0).eval()
         bare.load_state_dict(embedder.encoder.state_dict())
-        fp32 = timm.create_model(MODEL, num_classes=0).eval()
+        fp32 = timm.create_model(model, num_classes=0).eval()
         fp32.load_state_dict(embedder.encoder.state_dict())
         bare = bare.to(embedder.device, memory_format=torch.channels_last)
-        x = torch.randn(BATCH, 3, SIZE, SIZE)
-        batches = max(1, n_fwd // BATCH)
+        x = torch.randn(batch, 3, size, size)
+        batches = max(1, n_fwd // batch)
 
         def embed_path() -> None:
             for _ in range(batches):
@@ -92,14 +95,16 @@ def run(quick: bool = False, repeats: int = 3) -> list[dict]:
                 fp32(x)
 
         def pipeline() -> None:
-            _pipeline(embedder, project / inputs.data, table.iloc[:n_fwd], cfg.embed.num_workers)
+            _pipeline(
+                embedder, project / inputs.data, table.iloc[:n_fwd], cfg.embed.num_workers, batch
+            )
 
         embed_path(), bare_forward()  # warm-up (oneDNN kernel selection)
         samples: dict[str, list[float]] = {"embed": [], "bare": [], "fp32": [], "decode": []}
         for _ in range(repeats):  # interleaved, so load changes hit every variant alike
-            samples["embed"].append(batches * BATCH / _seconds(embed_path))
-            samples["bare"].append(batches * BATCH / _seconds(bare_forward))
-            samples["fp32"].append(batches * BATCH / _seconds(fp32_loop))
+            samples["embed"].append(batches * batch / _seconds(embed_path))
+            samples["bare"].append(batches * batch / _seconds(bare_forward))
+            samples["fp32"].append(batches * batch / _seconds(fp32_loop))
             samples["decode"].append(n_fwd / _seconds(pipeline))
         cmd = [sys.executable, "-c", _STAGE, "--params", str(REPO / "params.yaml")]
         stage = measure([*cmd, "stage", "embed"], project)
@@ -109,7 +114,7 @@ def run(quick: bool = False, repeats: int = 3) -> list[dict]:
     peak_rss_mib = int([ln for ln in lines if ln.startswith("peak_rss_kib")][-1].split()[1]) / 1024
     dtype = "bf16 autocast" if embedder.bf16 else "fp32"
     ratio = lambda a, b: [x / y for x, y in zip(samples[a], samples[b], strict=True)]  # noqa: E731
-    setting = f"{MODEL}, {SIZE} px, batch {BATCH}, {dtype}, {embedder.device.type}"
+    setting = f"{model}, {size} px, batch {batch}, {dtype}, {embedder.device.type}"
     return [
         {"figure": f"embed path ({setting})", "unit": "images/s", "samples": samples["embed"]},
         {
@@ -118,7 +123,7 @@ def run(quick: bool = False, repeats: int = 3) -> list[dict]:
             "samples": samples["bare"],
         },
         {
-            "figure": f"plain fp32 loop ({MODEL}, {SIZE} px)",
+            "figure": f"plain fp32 loop ({model}, {size} px)",
             "unit": "images/s",
             "samples": samples["fp32"],
         },
@@ -142,7 +147,7 @@ def run(quick: bool = False, repeats: int = 3) -> list[dict]:
             "notes": "decoding workers share the CPU cores with the model",
         },
         {
-            "figure": f"embed stage peak RSS on {n_rss:,} tiles ({SIZE} px)",
+            "figure": f"embed stage peak RSS on {n_rss:,} tiles ({size} px)",
             "unit": "MiB",
             "samples": [peak_rss_mib],
             "notes": f"one child-process run, {stage.seconds:.0f} s; 12 distinct captions",
@@ -150,11 +155,11 @@ def run(quick: bool = False, repeats: int = 3) -> list[dict]:
     ]
 
 
-def _save_encoder(folder: Path) -> None:
+def _save_encoder(folder: Path, model: str, size: int) -> None:
     """An untrained encoder, saved as ``train_encoder`` saves one."""
-    p = TrainEncoderConfig(backbone=MODEL)
+    p = TrainEncoderConfig(backbone=model)
     encoder = create_encoder_from_params(p)
-    save_model(folder, encoder, {**encoder_description(p, encoder), "image_size": SIZE})
+    save_model(folder, encoder, {**encoder_description(p, encoder), "image_size": size})
 
 
 def _write_inputs(project: Path, inputs: Inputs, table: pd.DataFrame) -> None:
@@ -166,7 +171,9 @@ def _write_inputs(project: Path, inputs: Inputs, table: pd.DataFrame) -> None:
     table[["path"]].assign(caption=captions).to_csv(project / inputs.captions, index=False)
 
 
-def _pipeline(embedder: ImageEmbedder, data: Path, table: pd.DataFrame, workers: int) -> None:
+def _pipeline(
+    embedder: ImageEmbedder, data: Path, table: pd.DataFrame, workers: int, batch: int
+) -> None:
     """The stage's image side (DataLoader workers, embedding, cache writes) on an empty cache."""
     db = data.parent / f"cache_{uuid.uuid4().hex}.sqlite"
     cache = ImageEmbeddingCache(db, "bench")
@@ -177,7 +184,7 @@ def _pipeline(embedder: ImageEmbedder, data: Path, table: pd.DataFrame, workers:
             data,
             table["path"].tolist(),
             table["sha256"].tolist(),
-            batch_size=BATCH,
+            batch_size=batch,
             num_workers=workers,
         )
     finally:
