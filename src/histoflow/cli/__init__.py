@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from histoflow.cli import data, pipeline, predict, registry, serve
+from histoflow.cli import data, pipeline, predict, probe, registry, serve
 from histoflow.project import apply_environment
 
 __all__ = ["main"]
@@ -44,6 +44,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    for group in (data, pipeline, predict, registry, serve):
+    for group in (data, pipeline, predict, probe, registry, serve):
         group.add_commands(sub)
     return parser

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 
 from histoflow.config import Params
 from histoflow.registry.tracking import (
@@ -22,7 +23,7 @@ from histoflow.registry.tracking import (
     git_commit,
 )
 
-__all__ = ["experiment_name", "log_experiment", "project_root"]
+__all__ = ["experiment_name", "log_experiment", "log_leaderboard", "project_root"]
 
 
 def experiment_name() -> str | None:
@@ -65,3 +66,32 @@ def log_experiment(cfg: Params, metrics: dict, name: str, root: Path | None = No
             }
         )
         return run.info.run_id
+
+
+def log_leaderboard(root: Path, cfg: Params, table: pd.DataFrame) -> list[str]:
+    """Log each (encoder, probe) row of an encoder leaderboard as a run; returns the run ids.
+
+    The runs go to the experiment ``<registry.experiment>-encoders``, tagged
+    ``histoflow.kind=encoder-probe``, with the probe's mean and std of each metric.
+    """
+    root = project_root(root)
+    experiment_id = configure_tracking(root, f"{cfg.registry.experiment}-encoders")
+    ids = []
+    for row in table.to_dict("records"):
+        name = f"{row['encoder']} / {row['probe']}"
+        with mlflow.start_run(experiment_id=experiment_id, run_name=name) as run:
+            mlflow.log_params(
+                {"encoder": row["encoder"], "probe": row["probe"], "n_seeds": row["n_seeds"]}
+            )
+            mlflow.log_metrics(
+                {k: float(v) for k, v in row.items() if isinstance(v, float) and v == v}
+            )
+            mlflow.set_tags(
+                {
+                    "histoflow.kind": "encoder-probe",
+                    "per_seed_macro_recall": row["per_seed_macro_recall"],
+                    "git.commit": git_commit(root),
+                }
+            )
+            ids.append(run.info.run_id)
+    return ids
