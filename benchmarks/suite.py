@@ -65,11 +65,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
     names = discover(folder)
+    on_demand = discover(folder, on_demand=True)
     only, skip = _names(args.only), _names(args.skip)
-    unknown = (only | skip) - set(names)
+    unknown = (only | skip) - set(names) - set(on_demand)
     if unknown:
-        parser.error(f"unknown benchmark(s) {sorted(unknown)}; found: {', '.join(names)}")
-    names = [n for n in names if (not only or n in only) and n not in skip]
+        parser.error(
+            f"unknown benchmark(s) {sorted(unknown)}; found: {', '.join(names + on_demand)}"
+        )
+    # On-demand modules (hours, or real data outside the repository) run only when named.
+    names = [
+        n for n in names + on_demand if (n in only or (not only and n in names)) and n not in skip
+    ]
 
     results = run_suite(names, quick=args.quick, repeats=args.repeats, folder=folder)
     stem = f"{results['date']}-{_slug(results['machine']['hostname'])}"
@@ -82,14 +88,21 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if any(m["error"] for m in results["modules"].values()) else 0
 
 
-def discover(folder: Path = HERE) -> list[str]:
-    """Names of the modules in ``folder`` that define ``run`` (sorted; helpers ``_*`` skipped)."""
+def discover(folder: Path = HERE, *, on_demand: bool = False) -> list[str]:
+    """Names of the modules in ``folder`` that define ``run`` (sorted; helpers ``_*`` skipped).
+
+    A module that sets ``ON_DEMAND = True`` (a run of hours, or real data outside the
+    repository) is left out of ``make bench``; ``on_demand=True`` lists those instead.
+    """
     names = []
     for path in sorted(folder.glob("*.py")):
         if path.stem.startswith("_") or path.stem == Path(__file__).stem:
             continue
         # Read, not imported: importing pulls in torch; each module is imported in its own child.
-        if re.search(r"^def run\(", path.read_text(), flags=re.MULTILINE):
+        text = path.read_text()
+        if not re.search(r"^def run\(", text, flags=re.MULTILINE):
+            continue
+        if bool(re.search(r"^ON_DEMAND = True", text, flags=re.MULTILINE)) == on_demand:
             names.append(path.stem)
     return names
 

