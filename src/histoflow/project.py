@@ -17,13 +17,16 @@ from types import ModuleType
 __all__ = ["DEFAULTS", "apply_environment", "environment", "load_flow"]
 
 # Offline-friendly defaults; a value the user set wins. No telemetry (this may be offline),
-# quiet tokenizers in forked workers, and time for Prefect's temporary server to start on a
-# busy 2-core machine (its own default, 20 s, is too short there).
+# quiet tokenizers in forked workers, time for a Prefect server to start on a busy 2-core
+# machine (Prefect's own default, 20 s, is too short there), and concurrency leases kept on
+# disk in PREFECT_HOME, so that a slot held by a killed run expires even after the server that
+# granted it has gone (histoflow.orchestration).
 DEFAULTS: Mapping[str, str] = {
     "DVC_NO_ANALYTICS": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "TOKENIZERS_PARALLELISM": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect.server.concurrency.lease_storage.filesystem",
 }
 
 
