@@ -7,11 +7,13 @@ the stage after the report is written; warnings are reported and the run goes on
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from histoflow.config import Params
-from histoflow.io import atomic_path, write_json
+from histoflow.io import atomic_path
+from histoflow.stages import write_metrics
 
 __all__ = ["PARAMS", "QC_FAILURE_CHECKS", "ContractViolation", "Inputs", "Outputs", "run"]
 
@@ -69,6 +71,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         [inputs.data / p for p in table["path"]],
         workers=cfg.validate.workers,
         cache=outputs.manifest.parent / ".qc_cache.parquet",
+        progress=not os.environ.get("TQDM_DISABLE"),  # no bar in a log (tqdm's own switch)
     ).drop(columns="path")
     table = pd.concat([table.reset_index(drop=True), qc.reset_index(drop=True)], axis=1)
     # Later-split copies go before the contract is checked, so the checks see what trains.
@@ -119,5 +122,5 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         "class_counts": kept["label"].value_counts().sort_index().to_dict(),
         "expectations": result.statistics,
     }
-    write_json(outputs.metrics, metrics)
+    write_metrics(outputs.metrics, metrics, copy_in=outputs.report)
     return metrics
