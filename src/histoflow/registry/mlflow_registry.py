@@ -194,10 +194,9 @@ def log_monitoring(root: Path, experiment: str, summary: dict, out_dir: Path) ->
     """
     experiment_id = configure_tracking(root, f"{experiment}-monitoring")
     with mlflow.start_run(experiment_id=experiment_id, run_name=str(summary.get("batch"))) as run:
-        metrics = {
-            "drift_detected": float(summary["drift_detected"]),
-            "n_current": summary["n_current"],
-        }
+        metrics = {"n_current": summary["n_current"]}
+        if summary["drift_detected"] is not None:  # None: too few images to judge
+            metrics["drift_detected"] = float(summary["drift_detected"])
         for name, signal in summary.get("signals", {}).items():
             metrics[f"{name}.drifted"] = float(signal["drifted"])
             if isinstance(signal.get("share"), int | float):
