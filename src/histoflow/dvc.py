@@ -145,11 +145,14 @@ def repro(stage: str, root: Path, *, force: bool = False, echo: bool = True) -> 
 
 
 def _failure(stage: str, code: int, output: str) -> str:
-    # The stage's command ends with one `histoflow: error: ...` line (the CLI's edge); that is
-    # the message. Otherwise (DVC's own failure) its last lines.
-    errors = re.findall(r"^histoflow: error: (.*(?:\n(?!\S).*)*)", output, flags=re.M)
-    if errors:
-        return f"stage {stage} failed: {errors[-1].strip()}"
+    # The stage's command ends with its `histoflow: error: ...` message (the CLI's edge, maybe
+    # several lines), then DVC's own "ERROR: failed to reproduce" line: the message is the part
+    # between. Without one (DVC's own failure), the output's last lines.
+    start = output.rfind("histoflow: error: ")
+    if start >= 0:
+        message = output[start + len("histoflow: error: ") :]
+        message = re.split(r"^ERROR: ", message, maxsplit=1, flags=re.M)[0]
+        return f"stage {stage} failed: {message.strip()}"
     tail = "\n".join(output.strip().splitlines()[-15:])
     return f"stage {stage} failed (`dvc repro {stage}` exit {code}):\n{tail}"
 
