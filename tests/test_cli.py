@@ -45,6 +45,22 @@ def test_bad_params_fail_before_work(tmp_path, monkeypatch, capsys):
     assert "data.colour: unknown key" in capsys.readouterr().err
 
 
+def test_run_with_bad_params_fails_before_any_prefect_server(tmp_path, monkeypatch, capsys, repo):
+    import time
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / ".prefect"))
+    (tmp_path / "params.yaml").write_text(
+        (repo / "params.yaml").read_text().replace("  epochs: 8\n", "  epochs: 8\n  epochz: 9\n")
+    )
+    started = time.monotonic()
+    assert main(["run"]) == 1
+    assert time.monotonic() - started < 5  # no server start (that takes 10-40 s here)
+    assert "train_encoder.epochz: unknown key" in capsys.readouterr().err
+    assert not (tmp_path / ".prefect").exists()
+
+
 def test_predict_with_unknown_model(tmp_path, tiny_data, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["predict", str(tiny_data / "stroma"), "--model", "models:/nope@champion"]) == 1

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import yaml
 
-from histoflow.dvc import ran_stages
+from histoflow.dvc import DvcError, ran_stages, repro
 from histoflow.stages import STAGE_NAMES, get_stage, train_encoder
 
 
@@ -91,3 +91,9 @@ def test_repro_fails_clearly_on_an_empty_data_folder(tmp_path, make_project, tin
     assert proc.returncode != 0
     assert "holds no images" in proc.stdout + proc.stderr
     assert "histoflow data synth" in proc.stdout + proc.stderr
+    # What the training flow's stage task reports: the stage's own error, not DVC's lines.
+    with pytest.raises(DvcError) as err:
+        repro("validate", root, echo=False)
+    message = str(err.value)
+    assert message.startswith("stage validate failed: ") and "holds no images" in message
+    assert "ERROR: failed to reproduce" not in message

@@ -8,12 +8,17 @@ does not change while the file stays valid, so DVC sees the other stages' depend
 and editing one section still re-runs only the stages that read that section.
 
 Beyond the typed models (:func:`histoflow.config.load_params`, run by ``histoflow stage``), it
-checks what needs a library to know: that the encoder's timm names exist.
+checks what needs a library to know: that the encoder's timm names exist. That means importing
+torch and timm (tens of seconds on a busy machine), so names found once are remembered, with
+timm's version, in ``outputs/.params_names.json`` (beside DVC's outputs): an edit elsewhere in
+the file costs only the parse.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 from histoflow.config import Params
@@ -44,8 +49,14 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     Raises:
         ValueError: naming the key, e.g. ``train_encoder.backbone: unknown model 'resnet1'``.
     """
-    from histoflow.models.encoder import check_encoder_names
+    p = cfg.train_encoder
+    names = {"timm": version("timm"), "backbone": p.backbone, "branches": list(p.branches)}
+    names |= {"source": p.source}
+    known = outputs.checked.parent.parent / ".params_names.json"
+    if not known.is_file() or json.loads(known.read_text()) != names:
+        from histoflow.models.encoder import check_encoder_names
 
-    check_encoder_names(cfg.train_encoder)
+        check_encoder_names(p)
+        write_json(known, names)
     write_json(outputs.checked, {"params": "valid"})
     return {}
