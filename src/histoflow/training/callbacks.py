@@ -101,19 +101,25 @@ class EpochProgress(ProgressBar):
             self._bar.set_postfix({"loss": loss, "val macro recall": recall}, refresh=False)
             self._bar.update(1)
             return
+        # Held until the next epoch starts: only then is it known not to be the last one.
         self._pending = (
             f"{self.name}: epoch {done}/{trainer.max_epochs}  loss {loss}  "
-            f"val macro recall {recall}  {per_epoch:.1f} s/epoch"
+            f"val macro recall {recall}  {per_epoch:.1f} s/epoch",
+            per_epoch * (trainer.max_epochs - done),
         )
-        if done < trainer.max_epochs and now - self._last_line >= self.min_interval_s:
-            left = per_epoch * (trainer.max_epochs - done)
-            self._line(f"{self._pending}, at most {_duration(left)} left")
+
+    @override
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        now = time.monotonic()
+        if self._pending and now - self._last_line >= self.min_interval_s:
+            text, left = self._pending
+            self._line(f"{text}, at most {_duration(left)} left")
             self._last_line, self._pending = now, None
 
     @override
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if self._pending:  # the last epoch, whether early stopping or max_epochs ended it
-            self._line(self._pending)
+            self._line(self._pending[0])
             self._pending = None
         if self._bar is not None:
             self._bar.close()
