@@ -6,6 +6,7 @@ A local SQLite store (the project default) with cheap versions: promotion reads 
 from __future__ import annotations
 
 import json
+import os
 
 import mlflow
 import pytest
@@ -16,58 +17,67 @@ from histoflow.registry import promote, promote_by_hand, rollback, tracking_uri
 from histoflow.registry import promotion as promotion_module
 from histoflow.registry.tracking import use_tracking_uri
 
-NAME = "histoflow"
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """One SQLite store for the module (creating one takes seconds); each test its own model."""
+    root = tmp_path_factory.mktemp("promotion")
+    saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    use_tracking_uri(tracking_uri(root))
+    mlflow.set_experiment("histoflow")
+    yield root
+    if saved is not None:
+        os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
 @pytest.fixture()
-def store(tmp_path, monkeypatch, tiny_params_dict):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    use_tracking_uri(tracking_uri(tmp_path))
-    mlflow.set_experiment("histoflow")
-    client = MlflowClient()
-    client.create_registered_model(NAME)
-    return tmp_path, client, parse_params(tiny_params_dict()).registry
+def store(project, request, tiny_params_dict):
+    use_tracking_uri(tracking_uri(project))
+    name = request.node.name[:60]
+    MlflowClient().create_registered_model(name)
+    registry = parse_params(tiny_params_dict(registry={"model_name": name})).registry
+    return project, MlflowClient(), registry
 
 
-def _version(client: MlflowClient, macro_recall: float) -> str:
+def _version(client: MlflowClient, cfg, macro_recall: float) -> str:
     with mlflow.start_run() as run:
         mlflow.log_metrics({"macro_recall": macro_recall, "recall.a": macro_recall})
-    return str(client.create_model_version(NAME, "runs:/x/none", run.info.run_id).version)
+    return str(client.create_model_version(cfg.model_name, "runs:/x/none", run.info.run_id).version)
 
 
-def _decisions(client: MlflowClient, version: str) -> list[str]:
-    tags = client.get_model_version(NAME, version).tags
+def _decisions(client: MlflowClient, cfg, version: str) -> list[str]:
+    tags = client.get_model_version(cfg.model_name, version).tags
     return [d["decision"] for d in json.loads(tags["promotion.history"])]
 
 
 def test_promoting_the_champion_by_rule_keeps_its_record(store):
     root, client, cfg = store
-    v1 = _version(client, 0.8)
+    v1 = _version(client, cfg, 0.8)
     assert promote(cfg, v1, root).promoted
-    record = client.get_model_version(NAME, v1).tags
+    record = client.get_model_version(cfg.model_name, v1).tags
 
     again = promote(cfg, v1, root)  # `histoflow registry promote 1 --by-rule`
 
     assert again.promoted and "already the champion" in again.reason
-    assert client.get_model_version(NAME, v1).tags == record  # nothing overwritten
+    assert client.get_model_version(cfg.model_name, v1).tags == record  # nothing overwritten
     assert record["promotion.decision"] == "promoted"
 
 
 def test_every_decision_is_appended_to_the_version_history(store):
     root, client, cfg = store
-    v1, v2 = _version(client, 0.8), _version(client, 0.7)
+    v1, v2 = _version(client, cfg, 0.8), _version(client, cfg, 0.7)
     promote(cfg, v1, root)
     assert not promote(cfg, v2, root).promoted
     promote_by_hand(cfg, v2, root, note="reviewed")
     rollback(cfg, root, note="worse on site B")
 
-    assert _decisions(client, v2) == [
+    assert _decisions(client, cfg, v2) == [
         "kept champion",
         "promoted by hand",
         "demoted by rollback to v1",
     ]
-    assert _decisions(client, v1) == ["promoted", "restored by rollback"]
-    history = json.loads(client.get_model_version(NAME, v2).tags["promotion.history"])
+    assert _decisions(client, cfg, v1) == ["promoted", "restored by rollback"]
+    history = json.loads(client.get_model_version(cfg.model_name, v2).tags["promotion.history"])
     assert "does not beat" in history[0]["reason"] and "reviewed" in history[1]["reason"]
 
 
