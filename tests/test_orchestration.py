@@ -132,3 +132,38 @@ def test_kill_term_of_histoflow_server_stops_the_prefect_server(tmp_path, bin_di
     finally:
         with contextlib.suppress(ProcessLookupError):  # whatever is left of its group
             os.killpg(server.pid, signal.SIGKILL)
+
+
+def test_the_console_keeps_what_a_person_needs(monkeypatch):
+    import logging
+    import sys
+
+    import prefect.main  # noqa: F401 (sets up Prefect's logging, as loading a flow does)
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    from histoflow.orchestration import quiet_console
+
+    monkeypatch.delenv("HISTOFLOW_DEBUG", raising=False)
+    (console,) = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
+    monkeypatch.setattr(console, "filters", list(console.filters))  # as it was, after the test
+    quiet_console()
+
+    def shown(message: str, level: int = logging.INFO, **extra) -> logging.LogRecord | None:
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            record = logging.LogRecord(
+                "prefect.task_runs", level, "", 0, message, (), sys.exc_info()
+            )
+        record.__dict__.update(extra)
+        return record if console.filter(record) else None
+
+    task = {"task_run_id": "1"}
+    assert shown("Finished in state Completed()", **task) is None
+    assert shown("Task run failed with exception: DvcError('x')", logging.ERROR, **task) is None
+    assert shown("Finished in state Failed('Flow run encountered an exception')") is None
+    assert shown("View at http://127.0.0.1:4242/runs/flow-run/1") is None
+    assert shown("Task run failed with exception: OSError() - Retry 1/2 will start", **task)
+    kept = shown("validate: done in 3.1 s", **task)
+    assert kept is not None and kept.exc_info is None  # no traceback on the console
+    assert shown("Finished in state Completed()") is not None  # the flow's own end stays

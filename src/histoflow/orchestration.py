@@ -185,8 +185,8 @@ class _ConsoleFilter(logging.Filter):
             return False
         if message.startswith("View at "):  # the UI of a server that stops with the command
             return False
-        if record.levelno >= logging.ERROR and message.startswith(self._REPEATS):
-            return False
+        if message.startswith(self._REPEATS) and " - Retry " not in message:
+            return False  # the command prints the error last anyway
         # The console is the last handler a record reaches (the API handler sits on the
         # Prefect loggers themselves, before propagation), so the traceback is not lost.
         record.exc_info, record.exc_text, record.stack_info = None, None, None
