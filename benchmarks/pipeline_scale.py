@@ -31,7 +31,8 @@ from histoflow.tiny import TINY, TINY_DATA, make_project
 
 SCALES = (1, 4, 16)
 QUICK_SCALES = (1, 2)
-QUICK_STAGES = ("validate", "captions")  # each stage is a process start (~5 s): keep quick short
+# each stage is a process start (~5 s): keep quick short; params first, every stage needs it
+QUICK_STAGES = ("params", "validate", "captions")
 BASE_PER_CLASS = 80  # the built-in dataset: `histoflow data synth` defaults, 6 classes x 80
 # Only what must shrink for the 16x run to take minutes; everything else is params.yaml's.
 SCALE_PARAMS = {

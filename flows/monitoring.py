@@ -22,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 
 from histoflow.config import load_params
 from histoflow.data.quality.table import feature_table
-from histoflow.monitoring.batch import readable_files, report_batch
+from histoflow.monitoring.batch import readable_files, report_batch, set_aside_failures
 from histoflow.monitoring.inbox import clear_failure, pending_batches, record_failure
 from histoflow.monitoring.reference import Reference, load_reference
 from histoflow.predict import collect_images
@@ -67,6 +67,8 @@ def monitoring(
     reference = champion_reference(model)
     features = batch_features(files, params.validate.workers)
     predictions, pooled = champion_outputs(model, readable_files(batch, files, features))
+    # A file QC could read but the champion could not is listed as unreadable; the rest go on.
+    features, predictions, pooled = set_aside_failures(batch, features, predictions, pooled)
     out_dir = base / params.monitor.reports / batch.resolve().name
     summary = report_batch(
         batch,
@@ -83,11 +85,14 @@ def monitoring(
     create_markdown_artifact(
         key=f"drift-{out_dir.name}".lower().replace("_", "-"), markdown=_page(summary)
     )
-    print(f"drift report: {summary['report']} (drift_detected={summary['drift_detected']})")
+    verdict = summary.get("verdict") or f"drift_detected={summary['drift_detected']}"
+    print(f"drift report: {summary['report']} ({verdict})")
     return summary
 
 
 def _page(summary: dict) -> str:
+    if summary.get("verdict") == "too few images":
+        return f"## Batch `{summary['batch']}`: too few images\n\n{summary['reason']}"
     drifted = [s for s, v in summary["signals"].items() if v["drifted"]]
     return (
         f"## Drift report for batch `{summary['batch']}`\n\n**drift detected: "

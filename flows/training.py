@@ -5,8 +5,9 @@ The DVC stages run in DAG order, one task each, then MLflow logging, registratio
 
 DVC decides what is stale; this flow adds retries (transient failures only, exponential
 backoff), logs, the registry and promotion. Stages run one at a time (DVC also holds a
-repository lock), and a Prefect global concurrency limit ``histoflow-training``
-(``deploy.training_concurrency``, default 1) keeps two training runs from overlapping.
+repository lock), and a slot of the Prefect global concurrency limit ``histoflow-training``
+(``deploy.training_concurrency``, default 1), held by a lease that a killed run cannot keep
+(:func:`histoflow.orchestration.training_slot`), keeps two training runs from overlapping.
 """
 
 from __future__ import annotations
@@ -16,15 +17,14 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.client.orchestration import get_client
-from prefect.concurrency.sync import concurrency
+from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
 from histoflow import dvc, registry
 from histoflow.config import load_params
+from histoflow.orchestration import training_slot
 from histoflow.stages import evaluate, reference, train_encoder, train_fusion, validate
 
-CONCURRENCY_LIMIT = "histoflow-training"
 # Failures worth a retry: another dvc holding the repository lock, I/O hiccups, a busy server.
 # (Not a bare "lock": every dvc output mentions dvc.lock.)
 _TRANSIENT = (
@@ -48,12 +48,17 @@ def _transient(task, task_run, state) -> bool:
 
 
 @task(cache_policy=NO_CACHE, retry_condition_fn=_transient)
-def dvc_stage(stage: str, root: str, force: bool = False) -> str:
-    """Run one DVC stage; DVC skips it when its deps and params are unchanged."""
-    output = dvc.repro(stage, Path(root), force=force)
-    ran = stage in dvc.ran_stages(output)
-    get_run_logger().info(f"{stage}: {'ran' if ran else 'up to date, skipped by DVC'}")
-    return output
+def dvc_stage(stage: str, root: str, force: bool = False) -> bool:
+    """Run one DVC stage (DVC skips it when its deps and params are unchanged); True if it ran."""
+    log = get_run_logger()
+    log.info(f"{stage}: started")
+    result = dvc.repro(stage, Path(root), force=force)
+    log.info(
+        f"{stage}: done in {result.seconds:.1f} s"
+        if result.ran
+        else f"{stage}: up to date, skipped by DVC"
+    )
+    return result.ran
 
 
 @task(cache_policy=NO_CACHE)
@@ -105,11 +110,6 @@ def register(root: str) -> dict:
     return result.summary()
 
 
-def _ensure_concurrency_limit(limit: int) -> None:
-    with get_client(sync_client=True) as client:
-        client.upsert_global_concurrency_limit_by_name(CONCURRENCY_LIMIT, limit)
-
-
 @flow(name="histoflow-training", log_prints=True)
 def training(root: str = ".", force: bool = False) -> dict:
     """Run the pipeline in ``root`` and register its model.
@@ -128,9 +128,8 @@ def training(root: str = ".", force: bool = False) -> dict:
         else 0,
         retry_jitter_factor=0.2 if deploy.stage_retry_backoff_s else None,
     )
-    _ensure_concurrency_limit(deploy.training_concurrency)
-    # Waits (does not fail) while another training run holds the slot.
-    with concurrency(CONCURRENCY_LIMIT, occupy=1, strict=True):
+    # Waits (does not fail, says for whom) while other training runs hold every slot.
+    with training_slot(deploy.training_concurrency, flow_run.id, log=get_run_logger()):
         # Nothing changed (a scheduled run without new data): one `dvc status` instead of a
         # `dvc repro` per stage. Otherwise every stage runs in order and DVC skips the fresh
         # ones (a stage can go stale only once an upstream stage has run).

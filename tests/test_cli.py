@@ -45,6 +45,22 @@ def test_bad_params_fail_before_work(tmp_path, monkeypatch, capsys):
     assert "data.colour: unknown key" in capsys.readouterr().err
 
 
+def test_run_with_bad_params_fails_before_any_prefect_server(tmp_path, monkeypatch, capsys, repo):
+    import time
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / ".prefect"))
+    (tmp_path / "params.yaml").write_text(
+        (repo / "params.yaml").read_text().replace("  epochs: 8\n", "  epochs: 8\n  epochz: 9\n")
+    )
+    started = time.monotonic()
+    assert main(["run"]) == 1
+    assert time.monotonic() - started < 5  # no server start (that takes 10-40 s here)
+    assert "train_encoder.epochz: unknown key" in capsys.readouterr().err
+    assert not (tmp_path / ".prefect").exists()
+
+
 def test_predict_with_unknown_model(tmp_path, tiny_data, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["predict", str(tiny_data / "stroma"), "--model", "models:/nope@champion"]) == 1
@@ -142,3 +158,36 @@ def test_serve_without_a_prefect_server_says_how_to_start_one(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     assert main(["serve", "--api", f"http://127.0.0.1:{free_port()}/api"]) == 1
     assert "histoflow server" in capsys.readouterr().err
+
+
+def test_predict_keeps_going_past_files_it_cannot_read(
+    trained_project, tiny_data, monkeypatch, tmp_path, capsys
+):
+    import pandas as pd
+
+    monkeypatch.chdir(trained_project)
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    good = sorted((tiny_data / "stroma").glob("*.png"))[:2]
+    for f in good:
+        (batch / f.name).write_bytes(f.read_bytes())
+    (batch / "notes.png").write_text("not an image")
+    (batch / "cut.png").write_bytes(good[0].read_bytes()[:100])  # truncated
+    out = tmp_path / "preds.csv"
+
+    assert main(["predict", str(batch), "--out", str(out), "--no-progress"]) == 2
+
+    table = pd.read_csv(out, keep_default_na=False).set_index("path")
+    assert len(table) == 4
+    for name in ("notes.png", "cut.png"):
+        row = table.loc[str(batch / name)]
+        assert str(batch / name) in row["error"] and row["label"] == ""
+    assert (table.loc[[str(batch / f.name) for f in good], "error"] == "").all()
+    assert set(table.loc[[str(batch / f.name) for f in good], "label"]) <= {
+        "adipose",
+        "lymphocytes",
+        "stroma",
+    }
+    err = capsys.readouterr().err
+    assert str(batch / "notes.png") in err
+    assert err.strip().splitlines()[-1].startswith("histoflow: 2 of 4 files could not be read")

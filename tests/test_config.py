@@ -38,6 +38,18 @@ def test_unknown_section_is_rejected(tiny_params_dict):
         ("data", {"test_fraction": 1.5}, "data.test_fraction = 1.5"),
         ("train_fusion", {"width": 30, "heads": 4}, "divisible by heads"),
         ("registry", {"metric": "loss"}, "registry.metric = 'loss'"),
+        # Accepted before: an infinite rate, a boolean epoch count (True == 1), a schedule or
+        # time zone that only failed when the deployments were served.
+        (
+            "train_encoder",
+            {"lr": float("inf")},
+            "train_encoder.lr = inf: Input should be a finite number",
+        ),
+        ("train_fusion", {"lr": float("nan")}, "train_fusion.lr = nan"),
+        ("train_encoder", {"epochs": True}, "train_encoder.epochs = True: Value error, expected a"),
+        ("train_encoder", {"devices": True}, "train_encoder.devices = True"),
+        ("deploy", {"training_cron": "0 25 * * *"}, "deploy.training_cron = '0 25 * * *'"),
+        ("deploy", {"timezone": "Europe/Atlantis"}, "deploy.timezone = 'Europe/Atlantis'"),
     ],
 )
 def test_bad_values_name_key_and_value(section, values, needle, tiny_params_dict):
@@ -67,3 +79,13 @@ def test_params_round_trip_through_yaml(tmp_path, tiny_params_dict):
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(tiny_params_dict()))
     assert load_params(path).train_encoder.backbone == "test_resnet"
+
+
+def test_booleans_stay_valid_where_they_mean_something(tiny_params_dict):
+    params = parse_params(
+        tiny_params_dict(
+            train_encoder={"pretrained": False, "devices": "auto", "grad_clip": None},
+            validate={"checks": {"blurred": False}},  # YAML's bare `off`
+        )
+    )
+    assert params.validate.checks.blurred == "off" and params.train_encoder.devices == "auto"

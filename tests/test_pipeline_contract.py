@@ -42,7 +42,7 @@ def test_stage_declares_what_its_module_reads_and_writes(name, repo, dvc_yaml, r
     spec = dvc_yaml["stages"][name]
     module = get_stage(name)
     assert spec["cmd"] == f"histoflow stage {name}"
-    assert tuple(spec["params"]) == module.PARAMS
+    assert tuple(spec.get("params", ())) == module.PARAMS
     deps = {resolve(d) for d in spec["deps"]}
     inputs = module.Inputs(
         **(

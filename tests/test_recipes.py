@@ -86,7 +86,7 @@ def test_dvc_exp_run_sweep_point_is_recorded_in_mlflow(tmp_path, reproduced_proj
 
     out = dvc(root, "exp", "run", "-n", "lr-sweep-1", "-S", "train_fusion.lr=0.005")
 
-    assert ran_stages(out) == ["train_fusion", "evaluate"]
+    assert ran_stages(out) == ["params", "train_fusion", "evaluate"]  # params: the check
     assert yaml.safe_load((root / "params.yaml").read_text())["train_fusion"]["lr"] == 0.005
     use_tracking_uri(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
     runs = mlflow.search_runs(

@@ -5,10 +5,15 @@ Only this module shells out to ``dvc``.
 
 from __future__ import annotations
 
+import codecs
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import yaml
@@ -17,6 +22,7 @@ from histoflow.project import environment
 
 __all__ = [
     "DvcError",
+    "Repro",
     "changed",
     "data_hash",
     "init",
@@ -28,7 +34,16 @@ __all__ = [
 
 
 class DvcError(RuntimeError):
-    """A dvc command failed; the message carries its output."""
+    """A dvc command failed; the message carries its error (the stage's own, when it has one)."""
+
+
+@dataclass(frozen=True)
+class Repro:
+    """What :func:`repro` did: whether the stage ran, how long it took, and its output."""
+
+    ran: bool
+    seconds: float
+    output: str
 
 
 def init(root: Path) -> None:
@@ -83,45 +98,81 @@ def stage_order(root: Path) -> list[str]:
     return order
 
 
-def repro(stage: str, root: Path, *, force: bool = False, echo: bool = True) -> str:
-    """Run ``dvc repro --single-item STAGE`` in ``root``; DVC skips it when nothing changed.
+def repro(stage: str, root: Path, *, force: bool = False, echo: bool = True) -> Repro:
+    """Run ``dvc repro --quiet --single-item STAGE`` in ``root``; DVC skips it when nothing changed.
+
+    DVC itself is quiet (no "Running stage", lock-file or ``git add`` advice): what is shown is
+    the stage's own output, streamed as it comes so that progress bars draw in a terminal. An
+    interrupt (Ctrl-C, or SIGTERM turned into one) stops DVC and its stage before it returns.
 
     Args:
         stage: a stage name from ``dvc.yaml``.
         root: the project folder.
         force: run even if DVC finds the stage up to date.
-        echo: stream DVC's output (the stage's progress) to stderr as it comes.
+        echo: stream the stage's output to stderr.
 
     Returns:
-        DVC's output.
+        Whether the stage ran (its ``dvc.lock`` entry changed, or ``force``), its wall time and
+        its output.
 
     Raises:
-        DvcError: with the stage's output when it fails.
+        DvcError: naming the stage, with the stage's own error when it printed one
+            (``histoflow: error: ...``), else the last lines of its output.
     """
     if stage not in _stages(root):
         raise DvcError(f"unknown stage {stage!r}; dvc.yaml defines {', '.join(_stages(root))}")
-    cmd = [_dvc(), "repro", "--single-item", stage] + (["--force"] if force else [])
-    lines: list[str] = []
+    cmd = [_dvc(), "repro", "--quiet", "--single-item", stage] + (["--force"] if force else [])
+    before, started = _lock_entry(root, stage), time.monotonic()
+    chunks: list[str] = []
     with subprocess.Popen(
-        cmd,
-        cwd=root,
-        env=environment(root),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
+        cmd, cwd=root, env=environment(root), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     ) as proc:
-        for line in proc.stdout:
-            lines.append(line)
-            if echo:
-                sys.stderr.write(line)
-    output = "".join(lines)
+        try:
+            decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
+            while data := os.read(proc.stdout.fileno(), 1 << 16):
+                chunks.append(decode(data))
+                if echo:  # raw, so that a progress bar's carriage returns redraw in place
+                    sys.stderr.write(chunks[-1])
+                    sys.stderr.flush()
+        except BaseException:
+            _interrupt(proc)
+            raise
+    output = "".join(chunks)
     if proc.returncode:
-        tail = "".join(lines[-40:]).strip()
-        raise DvcError(
-            f"`dvc {' '.join(cmd[1:])}` failed (exit {proc.returncode}) in {root}:\n{tail}"
-        )
-    return output
+        raise DvcError(_failure(stage, proc.returncode, output))
+    ran = force or _lock_entry(root, stage) != before
+    return Repro(ran=ran, seconds=time.monotonic() - started, output=output)
+
+
+def _failure(stage: str, code: int, output: str) -> str:
+    # The stage's command ends with its `histoflow: error: ...` message (the CLI's edge, maybe
+    # several lines), then DVC's own "ERROR: failed to reproduce" line: the message is the part
+    # between. Without one (DVC's own failure), the output's last lines.
+    start = output.rfind("histoflow: error: ")
+    if start >= 0:
+        message = output[start + len("histoflow: error: ") :]
+        message = re.split(r"^ERROR: ", message, maxsplit=1, flags=re.M)[0]
+        return f"stage {stage} failed: {message.strip()}"
+    tail = "\n".join(output.strip().splitlines()[-15:])
+    return f"stage {stage} failed (`dvc repro {stage}` exit {code}):\n{tail}"
+
+
+def _interrupt(proc: subprocess.Popen) -> None:
+    # DVC stops the stage's command on SIGINT; kill only what does not stop in time.
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _lock_entry(root: Path, stage: str) -> dict | None:
+    lock = Path(root) / "dvc.lock"
+    if not lock.is_file():
+        return None
+    return ((yaml.safe_load(lock.read_text()) or {}).get("stages") or {}).get(stage)
 
 
 def changed(root: Path) -> dict | None:

@@ -145,23 +145,62 @@ class Predictor:
     ) -> tuple[pd.DataFrame, np.ndarray | None]:
         """Classify image files, reading ``batch_size`` at a time (memory stays flat).
 
+        A file that cannot be decoded (not an image, truncated, over a pixel limit: the
+        ``OSError`` or ``ValueError`` of decoding it) does not stop the others: its row carries
+        the reason in ``error`` and no prediction.
+
         Returns:
-            :meth:`predict`'s table with ``path`` first, and the pooled image embeddings
-            (N, D) when ``embeddings`` is set (else None).
+            :meth:`predict`'s table with ``path`` first and ``error`` last (empty where the file
+            was classified), one row per file in order; and the pooled image embeddings (N, D),
+            NaN rows for the files that failed, when ``embeddings`` is set (else None).
         """
         from tqdm import tqdm
 
+        columns = [
+            "label",
+            "confidence",
+            "uncertainty",
+            *(f"prob_{c}" for c in self.classes),
+            "caption",
+        ]
         frames, pooled = [], []
         with tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar:
             for s in range(0, len(files), batch_size):
                 batch = list(files[s : s + batch_size])
-                frame, emb = self.predict_with_embeddings([load_rgb(f) for f in batch], batch_size)
+                images, errors = _decode(batch)
+                good = [i for i in range(len(batch)) if i not in errors]
+                frame, emb = self.predict_with_embeddings([images[i] for i in good], batch_size)
+                frame = frame.set_axis(good).reindex(index=range(len(batch)), columns=columns)
                 frame.insert(0, "path", [str(f) for f in batch])
+                frame["error"] = [errors.get(i, "") for i in range(len(batch))]
                 frames.append(frame)
-                pooled.append(emb)
+                pooled.append((len(batch), good, emb))
                 bar.update(len(batch))
         table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-        return table, (np.concatenate(pooled) if embeddings and pooled else None)
+        return table, (_rows_with_gaps(pooled) if embeddings and pooled else None)
+
+
+def _decode(files: list[Path]) -> tuple[dict[int, Image.Image], dict[int, str]]:
+    """Each file decoded to RGB, or why it could not be (by position in ``files``)."""
+    images, errors = {}, {}
+    for i, path in enumerate(files):
+        try:
+            images[i] = load_rgb(path)
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            errors[i] = f"cannot read {path} as an image: {exc}"
+    return images, errors
+
+
+def _rows_with_gaps(batches: list[tuple[int, list[int], np.ndarray]]) -> np.ndarray:
+    """Per batch (size, positions embedded, their rows) -> one (N, D) array, NaN where none."""
+    width = max((emb.shape[1] for _, _, emb in batches if emb.size), default=0)
+    parts = []
+    for size, good, emb in batches:
+        part = np.full((size, width), np.nan, np.float32)
+        if good:
+            part[good] = emb
+        parts.append(part)
+    return np.concatenate(parts)
 
 
 def _caption(captioner: Callable[[Image.Image], str], images: list[Image.Image]) -> list[str]:

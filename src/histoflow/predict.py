@@ -60,7 +60,8 @@ def predict_paths(
 
     Files are read and classified ``batch_size`` at a time through the registered model's
     :class:`~histoflow.inference.Predictor` (the same path as the pyfunc and monitoring), so
-    memory stays flat on large folders; a tqdm bar counts images.
+    memory stays flat on large folders; a tqdm bar counts images. A file that cannot be read
+    keeps its row, with the reason in ``error`` (empty for the others) and no prediction.
     """
     from histoflow.registry import load_model
 

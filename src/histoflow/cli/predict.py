@@ -1,4 +1,8 @@
-"""``histoflow predict``: classify image files, folders or globs with a registered model."""
+"""``histoflow predict``: classify image files, folders or globs with a registered model.
+
+A file that cannot be read gets a row with the reason in ``error`` and the exit status is 2;
+the other files are classified.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +29,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     predict.set_defaults(func=_predict)
 
 
-def _predict(args: argparse.Namespace) -> None:
+# Exit status when some files could not be read: their rows carry the reason in `error`.
+SOME_FAILED = 2
+
+
+def _predict(args: argparse.Namespace) -> int:
     from histoflow.predict import predict_paths, write_predictions
 
     table = predict_paths(
@@ -51,3 +59,14 @@ def _predict(args: argparse.Namespace) -> None:
                 columns=[c for c in table if c.startswith("prob_") or c == "caption"]
             ).to_string(index=False)
         )
+    failed = table[table["error"] != ""]
+    if failed.empty:
+        return 0
+    for error in failed["error"][:10]:  # each names its file
+        print(f"histoflow: {error}", file=sys.stderr)
+    print(
+        f"histoflow: {len(failed)} of {len(table)} files could not be read (their rows say why "
+        f"in the error column); the other {len(table) - len(failed)} were classified",
+        file=sys.stderr,
+    )
+    return SOME_FAILED

@@ -1,4 +1,4 @@
-"""``histoflow server``, ``serve`` and ``monitor``: the Prefect server, scheduled deployments, drift reports."""
+"""``histoflow server``, ``serve``, ``serve-model`` and ``monitor``: Prefect, REST, drift reports."""
 
 from __future__ import annotations
 
@@ -31,6 +31,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     serve.set_defaults(func=_serve)
 
+    serve_model = sub.add_parser(
+        "serve-model", help="serve a registered model over REST (MLflow's scoring server)"
+    )
+    serve_model.add_argument("--model", default="models:/histoflow@champion")
+    serve_model.add_argument("--host", default="127.0.0.1")
+    serve_model.add_argument("--port", type=int, default=5001)
+    serve_model.set_defaults(func=_serve_model)
+
     monitor = sub.add_parser("monitor", help="drift report for a folder of new images (or --inbox)")
     monitor.add_argument("batch", type=Path, nargs="?")
     monitor.add_argument(
@@ -40,16 +48,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     monitor.set_defaults(func=_monitor)
 
 
-def _server(args: argparse.Namespace) -> int:
-    import subprocess
-
+def _server(args: argparse.Namespace) -> None:
     cmd = [_venv_tool("prefect"), "server", "start", "--host", args.host, "--port", str(args.port)]
     print(
         f"Prefect server on http://{args.host}:{args.port} (state in {os.environ['PREFECT_HOME']}); "
         f"then: PREFECT_API_URL=http://{args.host}:{args.port}/api histoflow serve",
         file=sys.stderr,
+        flush=True,
     )
-    return subprocess.call(cmd)
+    # The server replaces this process, so a signal to it (kill -TERM, Ctrl-C) stops the
+    # server itself: no Prefect server is left listening behind a dead `histoflow server`.
+    os.execvp(cmd[0], cmd)
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -69,25 +78,44 @@ def _serve(args: argparse.Namespace) -> None:
     deployments.main([str(Path.cwd()), str(args.params)])
 
 
+def _serve_model(args: argparse.Namespace) -> None:
+    from histoflow.registry.serving import serve_model
+
+    print(
+        f"loading {args.model}; then POST to http://{args.host}:{args.port}/invocations "
+        "(Ctrl-C stops)",
+        file=sys.stderr,
+        flush=True,
+    )
+    serve_model(args.model, Path.cwd(), host=args.host, port=args.port)
+
+
 def _venv_tool(name: str) -> str:
     local = Path(sys.executable).with_name(name)
     return str(local) if local.exists() else name
 
 
 def _monitor(args: argparse.Namespace) -> None:
-    flows = load_flow("monitoring", Path.cwd())
+    from histoflow.config import load_params
+    from histoflow.orchestration import prefect_server, quiet_console
+
     if args.inbox == (args.batch is not None):
         raise ValueError("give either a batch folder or --inbox")
-    if args.inbox:
-        result = flows.monitor_inbox(
-            root=str(Path.cwd()), params_file=str(args.params), model_uri=args.model
-        )
-        print(json.dumps(result, indent=2, default=str))
-        return
-    result = flows.monitoring(
-        batch_dir=str(args.batch),
-        root=str(Path.cwd()),
-        params_file=str(args.params),
-        model_uri=args.model,
-    )
+    load_params(args.params)  # a bad params file fails before any server starts
+    if args.batch is not None and not args.batch.is_dir():
+        raise FileNotFoundError(f"{args.batch}: no such folder of images to monitor")
+    with prefect_server(Path.cwd()):
+        flows = load_flow("monitoring", Path.cwd())
+        quiet_console()
+        if args.inbox:
+            result = flows.monitor_inbox(
+                root=str(Path.cwd()), params_file=str(args.params), model_uri=args.model
+            )
+        else:
+            result = flows.monitoring(
+                batch_dir=str(args.batch),
+                root=str(Path.cwd()),
+                params_file=str(args.params),
+                model_uri=args.model,
+            )
     print(json.dumps(result, indent=2, default=str))

@@ -39,6 +39,7 @@ from histoflow.models.packaged import PACKAGED, load_packaged_weights
 
 __all__ = [
     "build_encoder",
+    "check_encoder_names",
     "create_encoder",
     "create_encoder_from_params",
     "encode_images",
@@ -67,6 +68,31 @@ def create_encoder(name: str, *, pretrained: bool = False, **kwargs) -> nn.Modul
             "set train_encoder.weights (a local file, sha256 pinned) or put the weights in the "
             "Hugging Face cache"
         ) from None
+
+
+def check_encoder_names(p: TrainEncoderConfig) -> None:
+    """Fail on a timm name in ``train_encoder`` that timm does not know, without building it.
+
+    Foundation presets and transformers backbones (hub ids, checked when they load) pass.
+
+    Raises:
+        ValueError: naming the key and the name, with close matches.
+    """
+    preset = PRESETS.get(p.backbone)
+    if p.backbone.startswith(_HUB_PREFIXES) and (preset is None or preset.timm_arch is None):
+        raise ValueError(
+            f"train_encoder.backbone: {p.backbone!r} is not a known foundation model; known: "
+            f"{', '.join(PRESETS)}"
+        )
+    if p.backbone == "hybrid":
+        named = [("train_encoder.branches", name) for name in p.branches]
+    elif preset is not None or p.source == "transformers":
+        return
+    else:
+        named = [("train_encoder.backbone", p.backbone)]
+    for key, name in named:
+        if not timm.is_model(name):
+            raise ValueError(f"{key}: unknown model {name!r}{_suggest(name)}")
 
 
 def create_encoder_from_params(p: TrainEncoderConfig) -> nn.Module:

@@ -18,9 +18,9 @@ from histoflow.io import atomic_path, write_json
 from histoflow.monitoring.actions import take_action
 from histoflow.monitoring.data import CONFIDENCE, PREDICTED, MonitorData
 from histoflow.monitoring.reference import Reference
-from histoflow.monitoring.report import monitoring_report
+from histoflow.monitoring.report import monitoring_report, too_few_images_report
 
-__all__ = ["batch_labels", "readable_files", "report_batch"]
+__all__ = ["batch_labels", "readable_files", "report_batch", "set_aside_failures"]
 
 
 def readable_files(batch: Path, files: list[Path], features: pd.DataFrame) -> list[Path]:
@@ -36,6 +36,40 @@ def readable_files(batch: Path, files: list[Path], features: pd.DataFrame) -> li
             f"(e.g. {features['path'].iloc[0]}: {features['error'].iloc[0]})"
         )
     return [f for f, good in zip(files, readable, strict=True) if good]
+
+
+def set_aside_failures(
+    batch: Path, features: pd.DataFrame, predictions: pd.DataFrame, pooled: np.ndarray
+) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """Files the champion could not decode become unreadable rows; the rest stay aligned.
+
+    Args:
+        batch: the batch folder (for the error message).
+        features: the QC table of every file (``path``, ``readable``, ``error``...).
+        predictions: :meth:`~histoflow.inference.Predictor.predict_files`'s table for the
+            readable files, with its ``error`` column.
+        pooled: (N, D) their embeddings, NaN rows where ``error`` is set.
+
+    Returns:
+        ``features`` with those files marked unreadable (their error recorded), and the
+        predictions (without ``error``) and embeddings of the files that were classified.
+
+    Raises:
+        ValueError: the champion could read none of them, naming the first and its error.
+    """
+    failed = (predictions["error"] != "").to_numpy()
+    if failed.all():
+        raise ValueError(
+            f"none of the {len(predictions)} readable files in {batch} could be classified "
+            f"(e.g. {predictions['error'].iloc[0]})"
+        )
+    errors = dict(zip(predictions["path"][failed], predictions["error"][failed], strict=True))
+    features = features.copy()
+    lost = features["path"].astype(str).isin(errors)
+    features.loc[lost, "readable"] = False
+    features.loc[lost, "error"] = features.loc[lost, "path"].astype(str).map(errors)
+    kept = predictions[~failed].drop(columns="error").reset_index(drop=True)
+    return features, kept, pooled[~failed]
 
 
 def batch_labels(batch: Path, files: list[Path], classes: list[str]) -> pd.Series | None:
@@ -91,10 +125,29 @@ def report_batch(
         "n_files": len(features),
         "n_unreadable": int((~ok).sum()),
         "unreadable": features.loc[~ok, "path"].head(20).tolist(),
+        "unreadable_errors": dict(
+            zip(
+                features.loc[~ok, "path"].head(20).astype(str),
+                features.loc[~ok, "error"].head(20).astype(str),
+                strict=True,
+            )
+        ),
     }
-    summary = monitoring_report(reference.data, current, cfg, out_dir, classes=classes, extra=extra)
     with atomic_path(out_dir / "predictions.csv") as tmp:
         predictions.to_csv(tmp, index=False)
-    summary["action"] = take_action(summary, cfg)
+    if len(predictions) < cfg.min_batch_size:  # a handful of images says nothing about drift
+        summary = too_few_images_report(
+            len(reference.data.predictions), current, cfg, out_dir, extra
+        )
+        summary["action"] = {
+            "action": cfg.action,
+            "taken": False,
+            "detail": "too few images: drift was not judged, nothing to do",
+        }
+    else:
+        summary = monitoring_report(
+            reference.data, current, cfg, out_dir, classes=classes, extra=extra
+        )
+        summary["action"] = take_action(summary, cfg)
     write_json(out_dir / "drift.json", summary)
     return summary

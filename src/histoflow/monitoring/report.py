@@ -28,9 +28,17 @@ from histoflow.monitoring.data import MonitorData, check_pair
 from histoflow.monitoring.performance import performance
 from histoflow.monitoring.signals import columns_drift, predictions_drift
 
-__all__ = ["MonitorData", "monitoring_report"]
+__all__ = ["MonitorData", "monitoring_report", "too_few_images_report"]
 
-_KEYS = ("drift_detected", "counted_signals", "signals", "performance", "n_reference", "n_current")
+_KEYS = (
+    "verdict",
+    "drift_detected",
+    "counted_signals",
+    "signals",
+    "performance",
+    "n_reference",
+    "n_current",
+)
 
 
 def monitoring_report(
@@ -61,7 +69,8 @@ def monitoring_report(
         extra: Keys added to the top level of the summary (e.g. the batch name).
 
     Returns:
-        The summary written to ``drift.json``: ``drift_detected``, ``counted_signals``,
+        The summary written to ``drift.json``: ``verdict`` (``drift`` or ``no drift``),
+        ``drift_detected``, ``counted_signals``,
         ``signals`` (``features``, ``embeddings``, ``predictions``), ``performance`` (None
         without labels; else ``accuracy``, ``balanced_accuracy``, ``macro_recall`` (the mean
         recall over classes present in the labels, so equal to the balanced accuracy),
@@ -90,8 +99,10 @@ def monitoring_report(
     perf, performance_snap = performance(reference, current, classes)
 
     signals = {"features": features, "embeddings": embeddings, "predictions": predictions}
+    drifted = any(signals[name]["drifted"] for name in cfg.signals)
     summary = {
-        "drift_detected": any(signals[name]["drifted"] for name in cfg.signals),
+        "verdict": "drift" if drifted else "no drift",
+        "drift_detected": drifted,
         "counted_signals": list(cfg.signals),
         "signals": signals,
         "performance": perf,
@@ -114,6 +125,48 @@ def monitoring_report(
     return summary
 
 
+def too_few_images_report(
+    n_reference: int, current: MonitorData, cfg: MonitorConfig, out_dir: Path, extra: dict
+) -> dict:
+    """The report of a batch too small to judge: ``verdict: too few images``, no drift test.
+
+    Below ``cfg.min_batch_size`` images the statistical tests say nothing (and a single image
+    has no spread to test); ``drift_detected`` is None rather than a reassuring False.
+
+    Returns:
+        The summary written to ``drift.json``: ``verdict``, ``drift_detected`` (None),
+        ``n_current``, ``min_batch_size``, ``n_reference`` and ``extra``'s keys.
+    """
+    n = len(current.predictions)
+    summary = {
+        "verdict": "too few images",
+        "drift_detected": None,
+        "counted_signals": list(cfg.signals),
+        "signals": {},
+        "performance": None,
+        "n_reference": n_reference,
+        "n_current": n,
+        "min_batch_size": cfg.min_batch_size,
+        **extra,
+    }
+    reason = (
+        f"{n} classified image{'s' if n != 1 else ''}, fewer than monitor.min_batch_size = "
+        f"{cfg.min_batch_size}: drift was not judged; add images to the batch, or lower "
+        "monitor.min_batch_size"
+    )
+    summary["reason"] = reason
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir / "drift.html") as tmp:
+        tmp.write_text(
+            '<!doctype html><meta charset="utf-8"><title>drift: too few images</title>'
+            '<div id="histoflow-verdict" style="font-family: sans-serif; margin: 16px 24px;">'
+            f'<h1 style="color: #8d6e00;">Too few images</h1><p>{html.escape(reason)}</p></div>',
+            encoding="utf-8",
+        )
+    write_json(out_dir / "drift.json", summary)
+    return summary
+
+
 def _header(summary: dict) -> str:
     counted = summary["counted_signals"]
     rows = []
@@ -129,7 +182,7 @@ def _header(summary: dict) -> str:
         )
     verdict = "DRIFT DETECTED" if summary["drift_detected"] else "No drift detected"
     colour = "#b71c1c" if summary["drift_detected"] else "#1b5e20"
-    base = {"drift_detected", "counted_signals", "signals", "performance"}
+    base = {"verdict", "drift_detected", "counted_signals", "signals", "performance"}
     facts = {k: v for k, v in summary.items() if k not in base and not isinstance(v, dict | list)}
     facts_text = ", ".join(f"{k}: {v}" for k, v in facts.items())
     return (

@@ -37,6 +37,7 @@ __all__ = [
     "REGISTRATION",
     "RegisteredModel",
     "load_model",
+    "load_pyfunc",
     "log_and_register",
     "log_monitoring",
     "registered_version_with",
@@ -194,10 +195,9 @@ def log_monitoring(root: Path, experiment: str, summary: dict, out_dir: Path) ->
     """
     experiment_id = configure_tracking(root, f"{experiment}-monitoring")
     with mlflow.start_run(experiment_id=experiment_id, run_name=str(summary.get("batch"))) as run:
-        metrics = {
-            "drift_detected": float(summary["drift_detected"]),
-            "n_current": summary["n_current"],
-        }
+        metrics = {"n_current": summary["n_current"]}
+        if summary["drift_detected"] is not None:  # None: too few images to judge
+            metrics["drift_detected"] = float(summary["drift_detected"])
         for name, signal in summary.get("signals", {}).items():
             metrics[f"{name}.drifted"] = float(signal["drifted"])
             if isinstance(signal.get("share"), int | float):
@@ -211,6 +211,7 @@ def log_monitoring(root: Path, experiment: str, summary: dict, out_dir: Path) ->
                 "batch": str(summary.get("batch")),
                 "model_uri": str(summary.get("model_uri")),
                 "action": str((summary.get("action") or {}).get("action")),
+                "verdict": str(summary.get("verdict", "judged")),
             }
         )
         for name in ("drift.json", "drift.html"):
@@ -244,21 +245,30 @@ def load_model(uri: str, root: Path) -> RegisteredModel:
     Raises:
         FileNotFoundError: no such model in the project's tracking store.
     """
-    use_tracking_uri(tracking_uri(root))
-    try:
-        model = mlflow.pyfunc.load_model(uri).unwrap_python_model()
-    except (MlflowException, OSError) as exc:
-        raise FileNotFoundError(
-            f"model {uri!r} could not be loaded from {tracking_uri(root)}: {str(exc).splitlines()[0]}. "
-            "Train and register one with `histoflow run`, or pass --model with an existing URI "
-            "(e.g. models:/histoflow/1 or runs:/<run_id>/model)."
-        ) from None
+    model = load_pyfunc(uri, root).unwrap_python_model()
     return RegisteredModel(
         uri=uri,
         predictor=model.predictor,
         reference=model.reference.get("reference"),
         reference_predictions=model.reference.get("reference_predictions"),
     )
+
+
+def load_pyfunc(uri: str, root: Path) -> mlflow.pyfunc.PyFuncModel:
+    """The MLflow pyfunc of a registered model, from the project's tracking store.
+
+    Raises:
+        FileNotFoundError: no such model in the project's tracking store.
+    """
+    use_tracking_uri(tracking_uri(root))
+    try:
+        return mlflow.pyfunc.load_model(uri)
+    except (MlflowException, OSError) as exc:
+        raise FileNotFoundError(
+            f"model {uri!r} could not be loaded from {tracking_uri(root)}: {str(exc).splitlines()[0]}. "
+            "Train and register one with `histoflow run`, or pass --model with an existing URI "
+            "(e.g. models:/histoflow/1 or runs:/<run_id>/model)."
+        ) from None
 
 
 def _requirement() -> str:

@@ -6,6 +6,10 @@ Every change of ``champion`` happens under a registry-wide lock and re-reads the
 it, so two concurrent promotions are serialised: the second is judged against the first's
 winner. The lock is a registered model named ``<model>.promotion-lock``: creating a registered
 model is atomic in every MLflow store (the name is unique), and deleting it releases the lock.
+
+Each decision about a version is written to its ``promotion.*`` tags (the latest) and appended
+to its ``promotion.history`` tag (every decision, oldest first): a later decision never erases
+an earlier one, and the champion is never judged against itself.
 """
 
 from __future__ import annotations
@@ -39,7 +43,9 @@ __all__ = [
 ]
 
 HISTORY = "champion.history"  # registered-model tag: JSON list of champion versions, oldest first
+DECISIONS = "promotion.history"  # model-version tag: JSON list of every decision, oldest first
 _STALE_LOCK_S = 600  # a lock older than this was left by a crashed process
+_TAG_CHARS = 8000  # MLflow's limit on a tag value
 
 
 class PromotionLockTimeout(TimeoutError):
@@ -78,10 +84,16 @@ def evidence(client: MlflowClient, cfg: RegistryConfig, version: str) -> Evidenc
 
 
 def promote(cfg: RegistryConfig, version: str, root: Path) -> Decision:
-    """Move ``champion`` to ``version`` only if the rules allow; decision and evidence as tags."""
+    """Move ``champion`` to ``version`` only if the rules allow; decision and evidence as tags.
+
+    The champion itself is not judged (against itself it would "not beat the champion"): the
+    decision says so and nothing is recorded.
+    """
     client = _client(root)
     with _lock(client, cfg):
         champion = _champion(client, cfg)
+        if champion == str(version):
+            return _already_champion(client, cfg, champion)
         decision = decide(
             evidence(client, cfg, version),
             None if champion is None else evidence(client, cfg, champion),
@@ -144,7 +156,29 @@ def rollback(cfg: RegistryConfig, root: Path, note: str = "") -> tuple[str, str]
         client.set_model_version_tag(
             cfg.model_name, target, "rollback.restored", f"{stamp} (was v{current})"
         )
+        for version, what in (
+            (current, f"demoted by rollback to v{target}"),
+            (target, "restored by rollback"),
+        ):
+            _append_decision(
+                client, cfg, version, {"decision": what, "at": _now(), "by": _who(), "note": note}
+            )
     return current, target
+
+
+def _already_champion(client: MlflowClient, cfg: RegistryConfig, version: str) -> Decision:
+    tags = client.get_model_version(cfg.model_name, version).tags
+    since = tags.get("promotion.at")
+    value = evidence(client, cfg, version).value
+    return Decision(
+        version=version,
+        promoted=True,
+        reason=f"already the champion{f' (since {since})' if since else ''}; nothing to decide",
+        metric=cfg.metric,
+        challenger_value=value,
+        champion_value=value,
+        champion_version=version,
+    )
 
 
 def status(cfg: RegistryConfig, root: Path) -> dict:
@@ -223,6 +257,23 @@ def _record(client: MlflowClient, cfg: RegistryConfig, decision: Decision, verdi
     }
     for key, value in tags.items():
         client.set_model_version_tag(cfg.model_name, decision.version, key, value)
+    _append_decision(
+        client,
+        cfg,
+        decision.version,
+        {k.removeprefix("promotion."): v for k, v in tags.items() if "check." not in k},
+    )
+
+
+def _append_decision(client: MlflowClient, cfg: RegistryConfig, version: str, entry: dict) -> None:
+    """Add ``entry`` to the version's ``promotion.history``; the oldest go first when it is full."""
+    tags = client.get_model_version(cfg.model_name, version).tags
+    entries = [*json.loads(tags.get(DECISIONS, "[]")), entry]
+    text = json.dumps(entries)
+    while len(text) > _TAG_CHARS and len(entries) > 1:
+        entries = entries[1:]
+        text = json.dumps(entries)
+    client.set_model_version_tag(cfg.model_name, version, DECISIONS, text)
 
 
 @contextmanager
@@ -242,7 +293,7 @@ def _lock(client: MlflowClient, cfg: RegistryConfig) -> Iterator[None]:
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-            _break_if_stale(client, name)
+            _break_if_stale(client, name, _read_lock(client, name))
             if time.monotonic() > deadline:
                 raise PromotionLockTimeout(
                     f"another promotion of {cfg.model_name} held {name!r} for over "
@@ -262,13 +313,41 @@ def _lock(client: MlflowClient, cfg: RegistryConfig) -> Iterator[None]:
             pass
 
 
-def _break_if_stale(client: MlflowClient, name: str) -> None:
+def _read_lock(client: MlflowClient, name: str):
     try:
-        held = client.get_registered_model(name)
+        return client.get_registered_model(name)
     except MlflowException:
+        return None
+
+
+def _break_if_stale(client: MlflowClient, name: str, seen) -> None:
+    """Delete the lock ``seen`` (as read earlier) if it is stale and still the one held.
+
+    MLflow cannot delete conditionally, so a break is itself serialised by a second lock
+    (``<lock>.break``, created atomically), and inside it the lock is read again: a waiter that
+    judged an old lock stale never deletes the fresh lock another waiter has taken since.
+    """
+    if seen is None or time.time() - seen.creation_timestamp / 1000 <= _STALE_LOCK_S:
         return
-    if time.time() - held.creation_timestamp / 1000 > _STALE_LOCK_S:
-        client.delete_registered_model(name)
+    guard = f"{name}.break"
+    try:
+        client.create_registered_model(guard, description=f"{_who()} is breaking a stale {name}")
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        held = _read_lock(client, guard)  # a breaker that died holding the guard
+        if held is not None and time.time() - held.creation_timestamp / 1000 > _STALE_LOCK_S:
+            client.delete_registered_model(guard)
+        return
+    try:
+        now = _read_lock(client, name)
+        if now is not None and (now.creation_timestamp, now.tags.get("token")) == (
+            seen.creation_timestamp,
+            seen.tags.get("token"),
+        ):
+            client.delete_registered_model(name)
+    finally:
+        client.delete_registered_model(guard)
 
 
 def _now() -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import mlflow.pyfunc
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 from PIL import Image
@@ -65,15 +66,26 @@ class HistoflowModel(mlflow.pyfunc.PythonModel):
     def predict(
         self, context, model_input: pd.DataFrame, params: dict | None = None
     ) -> pd.DataFrame:
+        # Bad input is the caller's to fix: MLflow's invalid-parameter error (HTTP 400 when
+        # served), naming the row and what is wrong with it.
         if "image" not in model_input:
-            raise ValueError("input needs a column 'image' with base64-encoded image files")
+            raise MlflowException.invalid_parameter_value(
+                "input needs a column 'image' with base64-encoded image files"
+            )
         images = []
         for i, data in enumerate(model_input["image"]):
             try:
                 raw = data if isinstance(data, bytes) else base64.b64decode(data, validate=True)
+            except (TypeError, ValueError) as exc:
+                raise MlflowException.invalid_parameter_value(
+                    f"row {i}: 'image' is not base64 ({exc})"
+                ) from None
+            try:
                 with Image.open(io.BytesIO(raw)) as img:
                     img.load()
                     images.append(to_rgb(img))
-            except Exception as exc:
-                raise ValueError(f"row {i}: not a decodable base64 image ({exc})") from None
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                raise MlflowException.invalid_parameter_value(
+                    f"row {i}: not an image histoflow can read ({type(exc).__name__}: {exc})"
+                ) from None
         return self.predictor.predict(images)

@@ -9,14 +9,17 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+from pathlib import Path
 from types import ModuleType
 
 from histoflow.config import Params
+from histoflow.io import write_json
 
-__all__ = ["STAGE_NAMES", "default_io", "get_stage", "run_stage"]
+__all__ = ["STAGE_NAMES", "default_io", "get_stage", "run_stage", "write_metrics"]
 
 # Pipeline order; dvc.yaml is the definition, and a contract test keeps the two in step.
 STAGE_NAMES = (
+    "params",
     "validate",
     "captions",
     "train_encoder",
@@ -48,3 +51,14 @@ def run_stage(name: str, cfg: Params) -> dict:
     """Run one stage with its default paths, relative to the working directory."""
     inputs, outputs = default_io(name, cfg)
     return get_stage(name).run(cfg, inputs, outputs)
+
+
+def write_metrics(path: Path, metrics: dict, *, copy_in: Path) -> None:
+    """Write a stage's ``metrics/NAME.json`` and the same numbers inside a cached output folder.
+
+    ``metrics/`` stays uncached so git can track it, and DVC deletes it before the stage runs;
+    ``copy_in/metrics.json`` (``copy_in`` is one of the stage's DVC-cached outputs) keeps the
+    numbers with the outputs they describe, so the uncached file is never their only copy.
+    """
+    write_json(Path(copy_in) / "metrics.json", metrics)
+    write_json(path, metrics)

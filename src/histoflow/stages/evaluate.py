@@ -21,7 +21,7 @@ from histoflow.config import Params
 from histoflow.embeddings.store import feature_dims, load_features
 from histoflow.evaluation.groups import cross_group_home, cross_group_scores, group_breakdowns
 from histoflow.evaluation.report import write_report
-from histoflow.io import atomic_path, write_json
+from histoflow.io import atomic_path
 from histoflow.metrics import (
     HEADLINE,
     bootstrap_ci,
@@ -29,6 +29,7 @@ from histoflow.metrics import (
     classification_metrics,
     paired_difference,
 )
+from histoflow.stages import write_metrics
 
 __all__ = ["PARAMS", "Inputs", "Outputs", "run"]
 
@@ -133,7 +134,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
             caption_gallery=inputs.caption_gallery / "gallery.html",
         )
     result = {k: v for k, v in saved.items() if k != "breakdowns"}
-    write_json(outputs.metrics, result)
+    write_metrics(outputs.metrics, result, copy_in=outputs.report)
     return result
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from histoflow.config import Params
 from histoflow.data.manifest import class_names, read_manifest
-from histoflow.io import atomic_path, write_json
+from histoflow.io import atomic_path
+from histoflow.stages import write_metrics
 
 __all__ = ["PARAMS", "Inputs", "Outputs", "checkpoint_dir", "run"]
 
@@ -96,6 +97,6 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     )
     with atomic_path(outputs.history) as tmp:
         pd.DataFrame(fit.history).to_csv(tmp, index=False)
-    write_json(outputs.metrics, fit.metrics)
+    write_metrics(outputs.metrics, fit.metrics, copy_in=outputs.model)
     mark_complete(ckpt_dir, run_fingerprint)
     return fit.metrics

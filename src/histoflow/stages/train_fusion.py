@@ -15,6 +15,7 @@ from pathlib import Path
 from histoflow.config import Params
 from histoflow.data.manifest import class_names
 from histoflow.io import atomic_dir, atomic_path, write_json
+from histoflow.stages import write_metrics
 
 __all__ = ["PARAMS", "Inputs", "Outputs", "run"]
 
@@ -91,5 +92,5 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
             for kind in p.ablations
         },
     }
-    write_json(outputs.metrics, metrics)
+    write_metrics(outputs.metrics, metrics, copy_in=outputs.model)
     return metrics

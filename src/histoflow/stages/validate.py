@@ -7,11 +7,13 @@ the stage after the report is written; warnings are reported and the run goes on
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from histoflow.config import Params
-from histoflow.io import atomic_path, write_json
+from histoflow.config import Params, ValidateChecks
+from histoflow.io import atomic_path
+from histoflow.stages import write_metrics
 
 __all__ = ["PARAMS", "QC_FAILURE_CHECKS", "ContractViolation", "Inputs", "Outputs", "run"]
 
@@ -36,8 +38,38 @@ class Outputs:
     metrics: Path = Path("metrics/validate.json")
 
 
+_CHECK_NAMES = frozenset(ValidateChecks.model_fields)
+
+
 class ContractViolation(RuntimeError):
-    """The data broke the contract; the message names the report and the offending files."""
+    """The data broke the contract; the message names the files, what to do, and the report."""
+
+
+# What to do about each check that failed at level `error`, besides fixing the data itself;
+# every check can also be lowered to `warning` (or `off`) in validate.checks.
+_REMEDIES = {
+    "duplicate_across_splits": "keep each image in its earliest split and drop the later copies "
+    "with `validate.deduplicate: exact` (or `near`, which also drops near-duplicates)",
+    "patient_leak": "give each patient's images one split (a `split` column in the manifest), or "
+    "remove the split column and let histoflow assign splits grouped by patient",
+    "unreadable": "remove or replace the files listed (zero-byte or not images)",
+    "outside_root": "keep every manifest path inside data.root",
+    "unknown_label": "correct those labels, or add them to data.classes",
+    "class_min_count": "add images of that class, or lower validate.min_per_class",
+    "mode": "convert the files, or allow their mode in validate.allowed_modes (e.g. [RGB, L])",
+    "size": "resize the files, or widen validate.min_size / validate.max_size",
+}
+
+
+def _what_to_do(checks: list[str]) -> str:
+    lines = ["What to do:"]
+    for check in dict.fromkeys(checks):  # once each, in the order they failed
+        remedy = _REMEDIES.get(check, "fix the files listed")
+        lines.append(
+            f"- [{check}] {remedy}; or lower the check with "
+            f"`validate.checks.{check}: warning` in params.yaml"
+        )
+    return "\n".join(lines)
 
 
 def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
@@ -69,6 +101,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         [inputs.data / p for p in table["path"]],
         workers=cfg.validate.workers,
         cache=outputs.manifest.parent / ".qc_cache.parquet",
+        progress=not os.environ.get("TQDM_DISABLE"),  # no bar in a log (tqdm's own switch)
     ).drop(columns="path")
     table = pd.concat([table.reset_index(drop=True), qc.reset_index(drop=True)], axis=1)
     # Later-split copies go before the contract is checked, so the checks see what trains.
@@ -93,7 +126,9 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         listing.unlink(missing_ok=True)
     if not result.success:
         raise ContractViolation(
-            f"data in {inputs.data} broke the contract; full report: {report}\n{result.summary()}"
+            f"data in {inputs.data} broke the contract.\n{result.summary()}\n"
+            f"{_what_to_do([v.check for v in result.errors if v.check in _CHECK_NAMES])}\n"
+            f"Full report: {report}"
         )
     kept = table[~table["path"].isin(excluded)]
     with atomic_path(outputs.manifest) as tmp:
@@ -119,5 +154,5 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         "class_counts": kept["label"].value_counts().sort_index().to_dict(),
         "expectations": result.statistics,
     }
-    write_json(outputs.metrics, metrics)
+    write_metrics(outputs.metrics, metrics, copy_in=outputs.report)
     return metrics

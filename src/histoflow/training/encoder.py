@@ -28,7 +28,7 @@ from histoflow.config import TrainEncoderConfig
 from histoflow.data.datasets import TileDataset
 from histoflow.data.transforms import create_transform
 from histoflow.device import pick_device, use_bf16
-from histoflow.training.callbacks import History
+from histoflow.training.callbacks import EpochProgress, History, quiet_lightning
 from histoflow.training.checkpoints import (
     AtomicCheckpointIO,
     checkpoint_epoch,
@@ -115,6 +115,7 @@ def fit_encoder(
         "train": train_loader(p, data, train_paths, labels["train"], image_size),
         "val": _val_loader(p, data, splits["val"]["path"].tolist(), labels["val"], image_size),
     }
+    quiet_lightning()
     device = pick_device(p.accelerator)
     bf16 = use_bf16(device, p.precision)
     module = build_module(p, encoder, len(classes), labels["train"], sample_names=train_paths)
@@ -134,7 +135,7 @@ def fit_encoder(
         dirpath=checkpoints, filename="last", save_top_k=1, enable_version_counter=False
     )
     stop = EarlyStopping(monitor=MONITOR, mode="max", patience=p.patience)
-    callbacks = [History(), stop, best, last]
+    callbacks = [History(), stop, best, last, EpochProgress("train_encoder")]
     # With MLFLOW_TRACKING_URI set, the curves and the per-step learning rate go there too.
     logger = create_training_logger("train_encoder", p.model_dump(mode="json"))
     if logger is not None:

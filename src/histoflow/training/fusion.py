@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from histoflow.config import TrainFusionConfig
-from histoflow.training.callbacks import History
+from histoflow.training.callbacks import EpochProgress, History, quiet_lightning
 from histoflow.training.modules import FusionClassifier
 
 __all__ = ["FitResult", "feature_dataset", "fit_classifier", "fit_on_group"]
@@ -57,6 +57,7 @@ def fit_classifier(
             f"cannot train a fusion model on {len(train)} train and {len(val)} val rows; "
             "each needs at least one image"
         )
+    quiet_lightning()
     L.seed_everything(p.seed, verbose=False)
     num_classes = net.cfg.num_classes
     module = FusionClassifier(
@@ -73,11 +74,10 @@ def fit_classifier(
             accelerator="auto",
             devices=1,
             logger=False,
-            callbacks=[best, stop, history],
+            callbacks=[best, stop, history, EpochProgress(f"{_kind(net)} classifier")],
             enable_model_summary=False,
             enable_checkpointing=True,
             num_sanity_val_steps=0,
-            enable_progress_bar=False,
         )
         trainer.fit(
             module,
@@ -92,6 +92,10 @@ def fit_classifier(
         epochs_run=trainer.current_epoch,
         history=history.rows,
     )
+
+
+def _kind(net: nn.Module) -> str:
+    return getattr(net, "kind", "fusion")  # the ablations' PooledNet says which it is
 
 
 def fit_on_group(
