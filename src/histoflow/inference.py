@@ -18,7 +18,7 @@ from PIL import Image
 
 from histoflow.captions import create_captioner
 from histoflow.captions.text import TextEncoder
-from histoflow.data.images import load_rgb
+from histoflow.data.images import DEFAULT_MAX_PIXELS, load_rgb
 from histoflow.data.transforms import create_transform
 from histoflow.device import autocast, pick_device, use_bf16
 from histoflow.models.checkpoint import load_encoder, load_fusion
@@ -39,6 +39,9 @@ class ImageEmbedder:
         self.bf16 = use_bf16(self.device, precision)
         self.encoder = self.encoder.to(self.device, memory_format=torch.channels_last)
         self.grid = grid
+        # Inputs with more pixels are refused before decoding: the limit the model was trained
+        # with (data.max_pixels, in its model.json), so serving needs no params.yaml.
+        self.max_pixels = int(self.meta.get("max_pixels", DEFAULT_MAX_PIXELS))
         self.transform = create_transform(
             self.meta["image_size"],
             train=False,
@@ -155,7 +158,9 @@ class Predictor:
         with tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar:
             for s in range(0, len(files), batch_size):
                 batch = list(files[s : s + batch_size])
-                frame, emb = self.predict_with_embeddings([load_rgb(f) for f in batch], batch_size)
+                frame, emb = self.predict_with_embeddings(
+                    [load_rgb(f, max_pixels=self.embedder.max_pixels) for f in batch], batch_size
+                )
                 frame.insert(0, "path", [str(f) for f in batch])
                 frames.append(frame)
                 pooled.append(emb)

@@ -11,17 +11,15 @@ pickled: loading it needs the ``histoflow`` package and the logged artifacts (th
 from __future__ import annotations
 
 import base64
-import io
 from pathlib import Path
 
 import mlflow.pyfunc
 import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
-from PIL import Image
 from typing_extensions import override
 
-from histoflow.data.images import to_rgb
+from histoflow.data.images import ImageTooLarge, decode_rgb
 
 __all__ = ["MODEL_CODE", "HistoflowModel", "encode_image_file", "model_signature"]
 
@@ -67,13 +65,14 @@ class HistoflowModel(mlflow.pyfunc.PythonModel):
     ) -> pd.DataFrame:
         if "image" not in model_input:
             raise ValueError("input needs a column 'image' with base64-encoded image files")
-        images = []
+        images, limit = [], self.predictor.embedder.max_pixels
         for i, data in enumerate(model_input["image"]):
             try:
                 raw = data if isinstance(data, bytes) else base64.b64decode(data, validate=True)
-                with Image.open(io.BytesIO(raw)) as img:
-                    img.load()
-                    images.append(to_rgb(img))
+                # The header's pixel count is checked before decoding (decompression bombs).
+                images.append(decode_rgb(raw, max_pixels=limit, name=f"row {i}"))
+            except ImageTooLarge:
+                raise
             except Exception as exc:
                 raise ValueError(f"row {i}: not a decodable base64 image ({exc})") from None
         return self.predictor.predict(images)
