@@ -53,7 +53,7 @@ class ImageTooLarge(ValueError):
         self.name, self.size, self.max_pixels = name, size, max_pixels
         found = f"{size[0]} x {size[1]} = {size[0] * size[1]:,}" if size else "beyond Pillow's"
         super().__init__(
-            f"{name}: image is {found} pixels, more than the limit of {max_pixels:,} "
+            f"{name + ': ' if name else ''}image is {found} pixels, more than the limit of {max_pixels:,} "
             "(data.max_pixels); it was not decoded. Tile or downscale it, or raise "
             "data.max_pixels (a trained model keeps the limit it was trained with)"
         )
@@ -71,14 +71,14 @@ def open_image(
     Args:
         source: A file path or a binary file object.
         max_pixels: Most pixels (width x height) allowed.
-        name: What to call the image in the error (default: the path).
+        name: What to call the image in the error (default: the path; "" for nothing).
 
     Raises:
         ImageTooLarge: the header declares more than ``max_pixels`` pixels (or more than
             Pillow's own hard limit, twice ``PIL.Image.MAX_IMAGE_PIXELS``).
         OSError: Pillow cannot read the header (not an image, or an unknown format).
     """
-    name = name or str(source)
+    name = str(source) if name is None else name
     with warnings.catch_warnings():
         # Pillow's own bomb warning (above 89 M pixels) is redundant: the limit is checked here.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)

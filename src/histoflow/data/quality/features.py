@@ -226,7 +226,7 @@ def features_from_bytes(data: bytes, sha256: str, *, max_pixels: int = DEFAULT_M
     row["sha256"] = sha256
     buffer = io.BytesIO(data)
     try:
-        with open_image(buffer, max_pixels=max_pixels, name="image") as img:
+        with open_image(buffer, max_pixels=max_pixels, name="") as img:
             row.update(format=img.format or "", mode=img.mode, width=img.width, height=img.height)
             row["bit_depth"] = _bit_depth(img.mode)
             img.load()  # decode in full: a truncated file fails here, not at open

@@ -66,8 +66,8 @@ def feature_table(
             with a warning. The returned table is the same with or without a cache.
         progress: Show a tqdm progress bar.
         max_pixels: An image with more pixels is not decoded: its row is unreadable, with
-            the reason in ``error`` (width and height come from its header). Cached rows are
-            reused only for readable images within the limit.
+            the reason in ``error`` (width and height come from its header). A cached row
+            that another limit could change is measured again.
 
     Returns:
         One row per path: a leading ``path`` column (``str(path)``) then
@@ -82,7 +82,7 @@ def feature_table(
         raise ValueError(f"workers must be 0 (in-process) or a number of processes, got {workers}")
     total = len(paths) if hasattr(paths, "__len__") else None
     cached_rows, cached_keys = _read_cache(Path(cache)) if cache is not None else ({}, {})
-    # Only readable rows within the limit are reused: a changed limit re-judges the others.
+    # A changed max_pixels re-judges the rows it could change (see _reusable).
     jobs = (
         (str(path), _reusable(cached_rows, cached_keys, str(path), max_pixels), max_pixels)
         for path in paths
@@ -102,11 +102,18 @@ def feature_table(
 
 
 def _reusable(rows: dict, keys: dict, path: str, max_pixels: int) -> tuple | None:
-    """The cache key of ``path``'s row if that row may be reused under ``max_pixels``, else None."""
+    """The cache key of ``path``'s row if that row stands under ``max_pixels``, else None.
+
+    A readable image's row stands while it is within the limit. An unreadable file whose
+    header gave a size is measured again: the limit may have been what refused it (a
+    truncated file costs one more failed decode). Other unreadable rows stand.
+    """
     row = rows.get(path)
-    if row is None or not row["readable"] or row["width"] * row["height"] > max_pixels:
+    if row is None:
         return None
-    return keys.get(path)
+    pixels = row["width"] * row["height"]  # NaN when no header could be read
+    stale = pixels > max_pixels if row["readable"] else pd.notna(pixels)
+    return None if stale else keys.get(path)
 
 
 def _measure(job: tuple[str, tuple | None, int]) -> tuple[str, dict | None, int | None]:
