@@ -384,3 +384,17 @@ def test_a_split_the_pipeline_needs_is_checked_before_training(
     message = _failure(cfg, root, tmp_path)
     assert _fired_checks(message) == {check}, message
     assert remedy in message
+
+
+def test_excluding_qc_failures_may_not_empty_a_class_from_a_split(tiny_data, tiny_params, tmp_path):
+    root = tmp_path / "data"
+    manifest = _dataset(tiny_data, root)
+    manifest.to_csv(root / "manifest.csv", index=False)
+    noise = np.random.default_rng(0).normal(0, 4, (32, 32, 3))
+    for rel in manifest.loc[
+        (manifest["split"] == "test") & (manifest["label"] == "stroma"), "path"
+    ]:
+        _replace(root, rel, Image.fromarray(np.clip(248 + noise, 0, 255).astype(np.uint8)))
+    with pytest.raises(ContractViolation, match=r"exclude removed .*\(test: \['stroma'\]\)"):
+        _run(_params(tiny_params, qc_failures="exclude"), root, tmp_path)
+    assert not (tmp_path / "out" / "manifest.parquet").exists()

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from histoflow.config import Params
 from histoflow.io import atomic_path, write_json
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["PARAMS", "QC_FAILURE_CHECKS", "ContractViolation", "Inputs", "Outputs", "run"]
 
@@ -125,6 +129,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
             f"data in {inputs.data} broke the contract; full report: {report}\n{result.summary()}"
         )
     kept = table[~table["path"].isin(excluded)]
+    _check_exclusion_leaves_every_split(kept, classes, cfg, report)
     with atomic_path(outputs.manifest) as tmp:
         kept.to_parquet(tmp, index=False)
     metrics = {
@@ -153,3 +158,29 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     }
     write_json(outputs.metrics, metrics)
     return metrics
+
+
+def _check_exclusion_leaves_every_split(
+    kept: pd.DataFrame, classes: list[str], cfg: Params, report: Path
+) -> None:
+    """Fail when ``qc_failures: exclude`` took the last images of a class out of a split.
+
+    The contract judged the table before the exclusion; this judges what will train.
+    """
+    from histoflow.data.manifest import SPLITS
+
+    checks = cfg.validate.checks
+    if "error" not in (checks.empty_split, checks.class_missing_from_split):
+        return
+    gaps = {
+        split: missing
+        for split in SPLITS
+        if (missing := sorted(set(classes) - set(kept.loc[kept["split"] == split, "label"])))
+    }
+    if gaps:
+        named = "; ".join(f"{split}: {missing}" for split, missing in gaps.items())
+        raise ContractViolation(
+            f"validate.qc_failures: exclude removed every image of some classes from a split "
+            f"({named}), so they could not be trained or judged there; set "
+            f"validate.qc_failures: keep, or lower min_blur / min_tissue_fraction. Report: {report}"
+        )
