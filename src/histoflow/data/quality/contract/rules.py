@@ -237,10 +237,11 @@ def _empty_remedy(split: str, origin: dict[str, str], given: list[str]) -> str:
             "split's: give it images that are not copies"
         )
     fraction = "data.val_fraction" if split == "val" else "data.test_fraction"
+    zero = f"{fraction} is 0, or " if split == "val" else ""  # test_fraction is always > 0
     return (
-        f"it could not be carved from train, by patient: {fraction} is 0, or the data has "
-        f"too few patients (images without patient_id count one each); raise {fraction}, "
-        "give more patients, or give this split in the data (a split folder or column)"
+        f"it could not be carved from train, by patient: {zero}the data has too few patients "
+        f"(images without patient_id count one each); raise {fraction}, give more patients, "
+        "or give this split in the data (a split folder or column)"
     )
 
 
