@@ -106,8 +106,9 @@ def assign_splits(
     train/test, train/val), the missing ones are carved from train. Either way patients are
     chosen per label, so each class is represented in every split, and no patient spans two
     splits: ``test_fraction`` and ``val_fraction`` of all images, seeded by ``seed``. A split
-    that cannot be carved (no train split to carve from, a class with one patient, a fraction
-    of 0) stays empty; the data contract reports it (:func:`split_origin` says why).
+    that cannot be carved (no train split to carve from, a class with too few patients,
+    ``val_fraction`` 0) stays empty or lacks classes; the data contract reports it, with the
+    remedy, before anything trains.
 
     Raises:
         DataError: the split column has unknown values, or is filled for some rows only.
@@ -127,7 +128,7 @@ def assign_splits(
         return table  # nothing to carve from
     train = table["split"] == "train"
     if "test" not in given:
-        # Of the training images: test_fraction of the whole, less what val already holds.
+        # test_fraction of all images, as a share of those train holds (all but a given val).
         share = 1.0 - (val_fraction if "val" in given else 0.0)
         test = _pick_patients(table[train], test_fraction / share, seed)
         table.loc[train & table["patient_id"].isin(test), "split"] = "test"
