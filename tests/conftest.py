@@ -10,8 +10,10 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -112,6 +114,30 @@ def reproduced_project(tmp_path_factory, tiny_data) -> Path:
     root = _make_project(tmp_path_factory.mktemp("repro") / "project", tiny_data)
     _dvc(root, "repro")
     return root
+
+
+@pytest.fixture(scope="session")
+def bomb_png(tmp_path_factory) -> Path:
+    """A decompression bomb: a 12000 x 12000 1-bit PNG, 17 KB on disk, 144 M pixels decoded.
+
+    Written chunk by chunk, so the test process never holds the pixels either.
+    """
+    side = 12000
+    row = b"\x00" + bytes(side // 8)  # filter byte, then 8 black pixels per byte
+    packer = zlib.compressobj(9)
+    idat = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # 1 bit, greyscale
+    path = tmp_path_factory.mktemp("bomb") / "bomb.png"
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from PIL import Image
 
 from histoflow.captions import create_captioner
 from histoflow.captions.text import TextEncoder
-from histoflow.data.images import load_rgb
+from histoflow.data.images import DEFAULT_MAX_PIXELS, ImageTooLarge, load_rgb
 from histoflow.data.transforms import create_transform
 from histoflow.device import autocast, pick_device, use_bf16
 from histoflow.models.checkpoint import load_encoder, load_fusion
@@ -39,6 +39,9 @@ class ImageEmbedder:
         self.bf16 = use_bf16(self.device, precision)
         self.encoder = self.encoder.to(self.device, memory_format=torch.channels_last)
         self.grid = grid
+        # Inputs with more pixels are refused before decoding: the limit the model was trained
+        # with (data.max_pixels, in its model.json), so serving needs no params.yaml.
+        self.max_pixels = int(self.meta.get("max_pixels", DEFAULT_MAX_PIXELS))
         self.transform = create_transform(
             self.meta["image_size"],
             train=False,
@@ -167,7 +170,7 @@ class Predictor:
         with tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar:
             for s in range(0, len(files), batch_size):
                 batch = list(files[s : s + batch_size])
-                images, errors = _decode(batch)
+                images, errors = _decode(batch, self.embedder.max_pixels)
                 good = [i for i in range(len(batch)) if i not in errors]
                 frame, emb = self.predict_with_embeddings([images[i] for i in good], batch_size)
                 frame = frame.set_axis(good).reindex(index=range(len(batch)), columns=columns)
@@ -180,12 +183,20 @@ class Predictor:
         return table, (_rows_with_gaps(pooled) if embeddings and pooled else None)
 
 
-def _decode(files: list[Path]) -> tuple[dict[int, Image.Image], dict[int, str]]:
-    """Each file decoded to RGB, or why it could not be (by position in ``files``)."""
+def _decode(
+    files: list[Path], max_pixels: int
+) -> tuple[dict[int, Image.Image], dict[int, str]]:
+    """Each file decoded to RGB, or why it could not be (by position in ``files``).
+
+    A file over ``max_pixels`` (the limit the model was trained with) is refused from its
+    header, before decoding: a decompression bomb is one more unreadable file.
+    """
     images, errors = {}, {}
     for i, path in enumerate(files):
         try:
-            images[i] = load_rgb(path)
+            images[i] = load_rgb(path, max_pixels=max_pixels)
+        except ImageTooLarge as exc:
+            errors[i] = str(exc)  # names the file already
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             errors[i] = f"cannot read {path} as an image: {exc}"
     return images, errors

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from histoflow.data.images import load_rgb
+from histoflow.data.images import DEFAULT_MAX_PIXELS, load_rgb
 from histoflow.io import atomic_path
 
 __all__ = ["THUMBNAIL_PX", "write_gallery"]
@@ -36,7 +36,14 @@ figcaption { font-size: 0.85em; }
 """
 
 
-def write_gallery(table: pd.DataFrame, out_dir: Path, *, data_root: Path, per_class: int) -> Path:
+def write_gallery(
+    table: pd.DataFrame,
+    out_dir: Path,
+    *,
+    data_root: Path,
+    per_class: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Path:
     """Write ``out_dir/gallery.html`` showing ``per_class`` captioned tiles of each class.
 
     Tiles are spread evenly over each class's rows sorted by path, so the same table always
@@ -48,12 +55,13 @@ def write_gallery(table: pd.DataFrame, out_dir: Path, *, data_root: Path, per_cl
         out_dir: Folder for ``gallery.html``; created if missing.
         data_root: Folder the paths in ``table`` are relative to.
         per_class: Tiles shown per class (fewer when a class has fewer images).
+        max_pixels: Most pixels an image may have (checked before decoding).
 
     Returns:
         Path of the written page.
     """
     sections = [
-        _section(str(label), rows, Path(data_root), per_class)
+        _section(str(label), rows, Path(data_root), per_class, max_pixels)
         for label, rows in table.groupby("label", sort=True)
     ]
     page = "\n".join(
@@ -85,11 +93,13 @@ def _describe(table: pd.DataFrame, per_class: int) -> str:
     )
 
 
-def _section(label: str, rows: pd.DataFrame, data_root: Path, per_class: int) -> str:
+def _section(
+    label: str, rows: pd.DataFrame, data_root: Path, per_class: int, max_pixels: int
+) -> str:
     rows = rows.sort_values("path", kind="stable")
     shown = rows.iloc[_spread(len(rows), per_class)]
     figures = [
-        _figure(data_root / path, path, caption)
+        _figure(data_root / path, path, caption, max_pixels)
         for path, caption in zip(shown["path"], shown["caption"], strict=True)
     ]
     return "\n".join(
@@ -109,16 +119,16 @@ def _spread(n: int, k: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, min(n, k)).round().astype(int))
 
 
-def _figure(file: Path, path: str, caption: str) -> str:
+def _figure(file: Path, path: str, caption: str, max_pixels: int) -> str:
     return (
-        f'<figure><img src="data:image/png;base64,{_thumbnail_b64(file)}" '
+        f'<figure><img src="data:image/png;base64,{_thumbnail_b64(file, max_pixels)}" '
         f'alt="{html.escape(path)}"><figcaption>{html.escape(str(caption))}'
         f'<div class="path">{html.escape(path)}</div></figcaption></figure>'
     )
 
 
-def _thumbnail_b64(file: Path) -> str:
-    image = load_rgb(file)
+def _thumbnail_b64(file: Path, max_pixels: int) -> str:
+    image = load_rgb(file, max_pixels=max_pixels)
     scale = THUMBNAIL_PX / max(image.size)
     size = tuple(max(1, round(side * scale)) for side in image.size)
     resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS

@@ -21,7 +21,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--stain-shift", type=float, default=0.0, help="0 = none; 1 = a clearly different lab"
     )
     synth.add_argument("--patients-per-class", type=int, help="default: min(8, per-class)")
-    synth.add_argument("--overwrite", action="store_true")
+    synth.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a dataset histoflow wrote in --out (never a folder holding anything else)",
+    )
     synth.set_defaults(func=_data_synth)
 
     standin = data.add_parser("standin", help="a synthetic stand-in for a recipe's dataset")
@@ -30,7 +34,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     standin.add_argument("--per-class", type=int, default=24)
     standin.add_argument("--size", type=int, default=64)
     standin.add_argument("--seed", type=int, default=0)
-    standin.add_argument("--overwrite", action="store_true")
+    standin.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a dataset histoflow wrote in --out (never a folder holding anything else)",
+    )
     standin.set_defaults(func=_data_standin)
 
     imp = data.add_parser("import", help="convert a public dataset format into histoflow's layout")
@@ -38,7 +46,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     imp.add_argument("src", type=Path, help="source folder or file")
     imp.add_argument("--out", type=Path, required=True, help="e.g. data (then: dvc add data)")
     imp.add_argument("--class-names", help="comma-separated class names (medmnist)")
-    imp.add_argument("--overwrite", action="store_true")
+    imp.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a dataset histoflow wrote in --out (never a folder holding anything else)",
+    )
     imp.set_defaults(func=_data_import)
 
 

@@ -24,6 +24,8 @@ class DataConfig(Section):
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     split_seed: int = 42
     group_columns: tuple[str, ...] = ("site", "magnification")
+    # Most pixels an image may have, read from its header before it is decoded; 4096 x 4096.
+    max_pixels: int = Field(4096 * 4096, ge=1)
 
     @model_validator(mode="after")
     def _fractions_leave_train(self) -> DataConfig:
@@ -43,8 +45,11 @@ Level = Annotated[
 class ValidateChecks(Section):
     """What each data-contract check does when it finds something: fail, warn, or nothing."""
 
-    unreadable: Level = "error"  # unreadable or zero-byte files
-    outside_root: Level = "error"  # manifest paths that leave the data folder
+    unreadable: Level = "error"  # missing, unreadable, zero-byte or too large (data.max_pixels)
+    outside_root: Level = "error"  # paths (or their link targets) outside the data folder
+    unlisted_files: Level = "error"  # images in the data folder that its manifest.csv omits
+    empty_split: Level = "error"  # train, val or test has no images
+    class_missing_from_split: Level = "error"  # a class with no images in train, val or test
     unknown_label: Level = "error"  # labels outside data.classes
     class_min_count: Level = "error"  # a class below min_per_class images
     patient_leak: Level = "error"  # a patient in more than one split

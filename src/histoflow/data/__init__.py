@@ -6,7 +6,9 @@
   perceptual hashing and near duplicates, cross-split dedupe, the validation report;
 - :mod:`~histoflow.data.synthetic`: the synthetic H&E generator and the recipes' stand-ins;
 - :mod:`~histoflow.data.manifest`: the splits and the per-image table stages pass on;
-- :mod:`~histoflow.data.images`: decoding image files (PIL only, no torch);
+- :mod:`~histoflow.data.images`: opening and decoding image files (PIL only, no torch), with
+  the pixel limit checked from the header first;
+- :mod:`~histoflow.data.outdir`: what a dataset writer's ``--overwrite`` may replace;
 - :mod:`~histoflow.data.transforms` and :mod:`~histoflow.data.datasets`: torch transforms,
   augmentations and the tile dataset.
 
@@ -18,6 +20,7 @@ __all__ = [
     "images",
     "ingest",
     "manifest",
+    "outdir",
     "quality",
     "synthetic",
     "transforms",

@@ -8,7 +8,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from histoflow.data.images import load_rgb
+from histoflow.data.images import DEFAULT_MAX_PIXELS, load_rgb
 
 __all__ = ["TileDataset"]
 
@@ -24,6 +24,7 @@ class TileDataset(Dataset):
         transform: v2.Compose,
         *,
         return_index: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ):
         """Index the tiles; nothing is read until an item is asked for.
 
@@ -33,12 +34,15 @@ class TileDataset(Dataset):
             labels: Integer label per path, or None for unlabelled images.
             transform: Turns the decoded RGB image into the item's tensor.
             return_index: Items are ``(image, label, index)`` instead of ``(image, label)``.
+            max_pixels: An image with more pixels raises
+                :class:`~histoflow.data.images.ImageTooLarge` before it is decoded.
         """
         self.root = Path(root)
         self.paths = list(paths)
         self.labels = None if labels is None else list(labels)
         self.transform = transform
         self.return_index = return_index  # items (image, label, index): to name bad samples
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         """Number of tiles."""
@@ -46,6 +50,6 @@ class TileDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple:
         """Tile ``i`` decoded and transformed, with its label (and index)."""
-        image = self.transform(load_rgb(self.root / self.paths[i]))
+        image = self.transform(load_rgb(self.root / self.paths[i], max_pixels=self.max_pixels))
         label = -1 if self.labels is None else self.labels[i]
         return (image, label, i) if self.return_index else (image, label)

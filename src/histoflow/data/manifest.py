@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["SPLITS", "class_names", "read_manifest"]
+__all__ = ["SPLITS", "class_names", "is_text_path", "printable_path", "read_manifest"]
 
 # The splits every dataset ends up with, in the order images are kept in when deduplicating.
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -40,3 +40,21 @@ def read_manifest(path: Path) -> pd.DataFrame:
 def class_names(manifest: pd.DataFrame) -> list[str]:
     """Sorted class names; their order defines the label indices everywhere."""
     return sorted(manifest["label"].unique())
+
+
+def is_text_path(path: str) -> bool:
+    """Whether ``path`` is valid text: the manifest, reports and MLflow store paths as UTF-8.
+
+    A file name that is not valid UTF-8 reaches Python with its bad bytes as lone surrogates
+    (``os.fsdecode``), which no UTF-8 writer accepts.
+    """
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable_path(path: str) -> str:
+    r"""``path`` with the bytes of a non-UTF-8 file name escaped as ``\\xNN``, for text output."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

@@ -147,7 +147,13 @@ def embed_missing(
         return 0
     first_path = dict(zip(reversed(hashes), reversed(paths), strict=True))  # hash -> first path
     loader = DataLoader(
-        TileDataset(root, [first_path[h] for h in todo], None, embedder.transform),
+        TileDataset(
+            root,
+            [first_path[h] for h in todo],
+            None,
+            embedder.transform,
+            max_pixels=embedder.max_pixels,
+        ),
         batch_size=batch_size,
         num_workers=num_workers,
         pin_memory=embedder.device.type == "cuda",

@@ -25,7 +25,7 @@ from torch import nn
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from histoflow.data.images import load_rgb
+from histoflow.data.images import DEFAULT_MAX_PIXELS, load_rgb
 from histoflow.inference import ImageEmbedder
 from histoflow.io import atomic_path
 from histoflow.models.encoder import encode_images
@@ -239,7 +239,9 @@ def explain_tiles(
     """
     grid = int(meta["token_grid"])
     embedder = ImageEmbedder(encoder_dir, grid, precision="32")
-    images = load_tiles(data_root, tiles["path"].tolist(), embedder.transform)
+    images = load_tiles(
+        data_root, tiles["path"].tolist(), embedder.transform, max_pixels=embedder.max_pixels
+    )
     targets = [meta["classes"].index(c) for c in tiles["predicted"]]
     net, device = fusion.to(embedder.device), embedder.device
     maps: list = []
@@ -261,9 +263,15 @@ def explain_tiles(
     return write_panels(tiles, images, maps, embedder.transform, out_dir)
 
 
-def load_tiles(root: Path, paths: Sequence[str], transform: v2.Compose) -> torch.Tensor:
+def load_tiles(
+    root: Path,
+    paths: Sequence[str],
+    transform: v2.Compose,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> torch.Tensor:
     """(B, 3, S, S) normalised images, exactly as the model saw them."""
-    return torch.stack([transform(load_rgb(Path(root) / p)) for p in paths])
+    return torch.stack([transform(load_rgb(Path(root) / p, max_pixels=max_pixels)) for p in paths])
 
 
 def _normalisation(transform: v2.Compose) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,7 +11,6 @@ pickled: loading it needs the ``histoflow`` package and the logged artifacts (th
 from __future__ import annotations
 
 import base64
-import io
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -19,10 +18,9 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
-from PIL import Image
 from typing_extensions import override
 
-from histoflow.data.images import to_rgb
+from histoflow.data.images import ImageTooLarge, decode_rgb
 
 __all__ = ["MODEL_CODE", "HistoflowModel", "encode_image_file", "model_signature"]
 
@@ -72,7 +70,7 @@ class HistoflowModel(mlflow.pyfunc.PythonModel):
             raise MlflowException.invalid_parameter_value(
                 "input needs a column 'image' with base64-encoded image files"
             )
-        images = []
+        images, limit = [], self.predictor.embedder.max_pixels
         for i, data in enumerate(model_input["image"]):
             try:
                 raw = data if isinstance(data, bytes) else base64.b64decode(data, validate=True)
@@ -81,10 +79,11 @@ class HistoflowModel(mlflow.pyfunc.PythonModel):
                     f"row {i}: 'image' is not base64 ({exc})"
                 ) from None
             try:
-                with Image.open(io.BytesIO(raw)) as img:
-                    img.load()
-                    images.append(to_rgb(img))
-            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                # The header's pixel count is checked before decoding (decompression bombs).
+                images.append(decode_rgb(raw, max_pixels=limit, name=f"row {i}"))
+            except ImageTooLarge as exc:
+                raise MlflowException.invalid_parameter_value(str(exc)) from None
+            except (OSError, ValueError) as exc:
                 raise MlflowException.invalid_parameter_value(
                     f"row {i}: not an image histoflow can read ({type(exc).__name__}: {exc})"
                 ) from None

@@ -33,7 +33,7 @@ from histoflow.io import atomic_path
 
 __all__ = ["CACHE_NAME", "COLUMNS", "PARAMS", "Inputs", "Outputs", "run"]
 
-PARAMS = ("captions",)
+PARAMS = ("captions", "data.max_pixels")
 CACHE_NAME = ".caption_cache.sqlite"  # in the folder of Outputs.captions
 COLUMNS = ("sha256", "path", "backend", "model", "revision", "caption")
 
@@ -75,7 +75,9 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         captions = cache.get_many(first.index, key)
         n_cached = len(captions)
         if n_cached < len(first):
-            key, n_cached = _fill_cache(cache, key, first, inputs.data, cfg.captions)
+            key, n_cached = _fill_cache(
+                cache, key, first, inputs.data, cfg.captions, cfg.data.max_pixels
+            )
             # Read back what was stored: the CSV always comes from the cache, as a resumed run's.
             captions = cache.get_many(first.index, key)
 
@@ -92,6 +94,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         outputs.gallery,
         data_root=inputs.data,
         per_class=cfg.captions.gallery_per_class,
+        max_pixels=cfg.data.max_pixels,
     )
     return {
         "n_images": len(manifest),
@@ -110,6 +113,7 @@ def _fill_cache(
     first: pd.DataFrame,
     data: Path,
     captions: CaptionsConfig,
+    max_pixels: int,
 ) -> tuple[CacheKey, int]:
     """Caption the images of ``first`` (manifest rows indexed by sha256) missing from the cache.
 
@@ -126,7 +130,7 @@ def _fill_cache(
     with tqdm(total=len(shas), desc=f"captions ({key.backend})", unit="img") as bar:
         for start in range(0, len(shas), size):
             batch = rows[start : start + size]
-            images = [load_rgb(data / row["path"]) for row in batch]
+            images = [load_rgb(data / row["path"], max_pixels=max_pixels) for row in batch]
             texts = caption_batch(images, batch)
             if len(texts) != len(images):
                 raise RuntimeError(

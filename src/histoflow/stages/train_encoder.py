@@ -18,7 +18,7 @@ from histoflow.stages import write_metrics
 
 __all__ = ["PARAMS", "Inputs", "Outputs", "checkpoint_dir", "run"]
 
-PARAMS = ("data.image_size", "train_encoder")
+PARAMS = ("data.image_size", "data.max_pixels", "train_encoder")
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         image_size=cfg.data.image_size,
         checkpoints=ckpt_dir,
         run_fingerprint=run_fingerprint,
+        max_pixels=cfg.data.max_pixels,
     )
     if not fit.is_global_zero:
         return fit.metrics
@@ -93,6 +94,8 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
             "image_size": cfg.data.image_size,
             "classes": classes,
             "crop_to_foreground": p.crop_to_foreground,
+            # The model refuses larger inputs at inference too (predict, pyfunc, monitoring).
+            "max_pixels": cfg.data.max_pixels,
         },
     )
     with atomic_path(outputs.history) as tmp:

@@ -2,7 +2,10 @@
 
 Writes the validated manifest (parquet, one row per image with its QC columns), a validation
 report a person can open (``reports/validate/report.html``) and metrics. Contract errors fail
-the stage after the report is written; warnings are reported and the run goes on.
+the stage after the report is written; warnings are reported and the run goes on. The contract
+runs before anything trains, so a split without images (or a class missing from one) stops the
+pipeline here, not after hours of training; the metrics record which splits the data gave and
+which were carved from its training images.
 """
 
 from __future__ import annotations
@@ -10,10 +13,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from histoflow.config import Params, ValidateChecks
 from histoflow.io import atomic_path
 from histoflow.stages import write_metrics
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["PARAMS", "QC_FAILURE_CHECKS", "ContractViolation", "Inputs", "Outputs", "run"]
 
@@ -82,19 +89,27 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     # Great Expectations and the QC libraries load here, not at import: flows read Outputs.
     import pandas as pd
 
-    from histoflow.data.ingest.sources import assign_splits, read_source
+    from histoflow.data.ingest.sources import (
+        assign_splits,
+        read_source,
+        split_origin,
+        unlisted_images,
+    )
+    from histoflow.data.manifest import printable_path
     from histoflow.data.quality.contract import check_contract
     from histoflow.data.quality.dedupe import cross_split_copies
     from histoflow.data.quality.report import write_validation_report
     from histoflow.data.quality.table import feature_table
 
-    table = read_source(inputs.data, cfg.data.manifest, cfg.data.label_column)
+    source = read_source(inputs.data, cfg.data.manifest, cfg.data.label_column)
     table = assign_splits(
-        table,
+        source,
         val_fraction=cfg.data.val_fraction,
         test_fraction=cfg.data.test_fraction,
         seed=cfg.data.split_seed,
     )
+    origin = split_origin(source["split"], table["split"])
+    unlisted = unlisted_images(inputs.data, table["path"], cfg.data.manifest)
     # Unchanged images reuse their rows from the previous run (keyed by path, size, mtime,
     # confirmed by sha256); the cache sits beside the manifest, outside DVC's outputs.
     qc = feature_table(
@@ -102,8 +117,13 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         workers=cfg.validate.workers,
         cache=outputs.manifest.parent / ".qc_cache.parquet",
         progress=not os.environ.get("TQDM_DISABLE"),  # no bar in a log (tqdm's own switch)
+        max_pixels=cfg.data.max_pixels,
     ).drop(columns="path")
     table = pd.concat([table.reset_index(drop=True), qc.reset_index(drop=True)], axis=1)
+    # A file (or folder) name that is not UTF-8 is escaped for the report and the manifest;
+    # the file's QC row says it is unreadable, and why.
+    for column in ("path", "label", "patient_id"):
+        table[column] = table[column].map(printable_path)
     # Later-split copies go before the contract is checked, so the checks see what trains.
     dropped = cross_split_copies(
         table, cfg.validate.deduplicate, cfg.validate.near_duplicate_distance
@@ -111,12 +131,25 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     removed = table[table["path"].isin(dropped)].assign(reason=lambda t: t["path"].map(dropped))
     table = table[~table["path"].isin(dropped)].reset_index(drop=True)
     classes = list(cfg.data.classes) if cfg.data.classes else sorted(table["label"].unique())
-    result = check_contract(table, cfg.validate, classes=classes)
+    result = check_contract(
+        table,
+        cfg.validate,
+        classes=classes,
+        root=inputs.data,
+        unlisted=unlisted,
+        split_origin=origin,
+    )
 
     flagged = result.flagged(QC_FAILURE_CHECKS)
     excluded = sorted(flagged) if cfg.validate.qc_failures == "exclude" else []
     report = write_validation_report(
-        table, result, outputs.report, data_root=inputs.data, classes=classes, excluded=excluded
+        table,
+        result,
+        outputs.report,
+        data_root=inputs.data,
+        classes=classes,
+        excluded=excluded,
+        max_pixels=cfg.data.max_pixels,
     )
     listing = outputs.report / "deduplicated.csv"
     if dropped:
@@ -131,6 +164,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
             f"Full report: {report}"
         )
     kept = table[~table["path"].isin(excluded)]
+    _check_exclusion_leaves_every_split(kept, classes, cfg, report)
     with atomic_path(outputs.manifest) as tmp:
         kept.to_parquet(tmp, index=False)
     metrics = {
@@ -145,6 +179,9 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         "n_warnings": len(result.warnings),
         "warnings": sorted({v.check for v in result.warnings}),
         "split_sizes": kept["split"].value_counts().sort_index().to_dict(),
+        # data: given by the data (folders or column); carved: from its training images.
+        "split_origin": origin,
+        "n_unlisted": len(unlisted),
         # e.g. after deduplication: a class with no test images cannot be scored there.
         "classes_missing_from_split": {
             split: sorted(set(classes) - set(rows["label"]))
@@ -156,3 +193,29 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     }
     write_metrics(outputs.metrics, metrics, copy_in=outputs.report)
     return metrics
+
+
+def _check_exclusion_leaves_every_split(
+    kept: pd.DataFrame, classes: list[str], cfg: Params, report: Path
+) -> None:
+    """Fail when ``qc_failures: exclude`` took the last images of a class out of a split.
+
+    The contract judged the table before the exclusion; this judges what will train.
+    """
+    from histoflow.data.manifest import SPLITS
+
+    checks = cfg.validate.checks
+    if "error" not in (checks.empty_split, checks.class_missing_from_split):
+        return
+    gaps = {
+        split: missing
+        for split in SPLITS
+        if (missing := sorted(set(classes) - set(kept.loc[kept["split"] == split, "label"])))
+    }
+    if gaps:
+        named = "; ".join(f"{split}: {missing}" for split, missing in gaps.items())
+        raise ContractViolation(
+            f"validate.qc_failures: exclude removed every image of some classes from a split "
+            f"({named}), so they could not be trained or judged there; set "
+            f"validate.qc_failures: keep, or lower min_blur / min_tissue_fraction. Report: {report}"
+        )

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from histoflow.config import TrainEncoderConfig
 from histoflow.data.datasets import TileDataset
+from histoflow.data.images import DEFAULT_MAX_PIXELS
 from histoflow.data.transforms import create_transform
 from histoflow.device import pick_device, use_bf16
 from histoflow.training.callbacks import EpochProgress, History, quiet_lightning
@@ -85,6 +86,7 @@ def fit_encoder(
     image_size: int,
     checkpoints: Path,
     run_fingerprint: str,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> EncoderFit:
     """Train ``encoder`` with a linear head on the train split; keep the best epoch.
 
@@ -100,6 +102,8 @@ def fit_encoder(
         checkpoints: where ``best.ckpt`` / ``last.ckpt`` persist between runs.
         run_fingerprint: identifies parameters and data (:func:`fingerprint`); a killed run
             with the same fingerprint resumes.
+        max_pixels: the most pixels an image may have (``data.max_pixels``), checked from
+            its header before it is decoded.
 
     Raises:
         ValueError: an empty train or val split, or ``unfreeze_at`` under DDP.
@@ -112,8 +116,12 @@ def fit_encoder(
     labels = {s: [classes.index(c) for c in rows["label"]] for s, rows in splits.items()}
     train_paths = splits["train"]["path"].tolist()
     loaders = {
-        "train": train_loader(p, data, train_paths, labels["train"], image_size),
-        "val": _val_loader(p, data, splits["val"]["path"].tolist(), labels["val"], image_size),
+        "train": train_loader(
+            p, data, train_paths, labels["train"], image_size, max_pixels=max_pixels
+        ),
+        "val": _val_loader(
+            p, data, splits["val"]["path"].tolist(), labels["val"], image_size, max_pixels
+        ),
     }
     quiet_lightning()
     device = pick_device(p.accelerator)
@@ -234,7 +242,13 @@ def build_trainer(
 
 
 def train_loader(
-    p: TrainEncoderConfig, root: Path, paths: list[str], labels: list[int], size: int
+    p: TrainEncoderConfig,
+    root: Path,
+    paths: list[str],
+    labels: list[int],
+    size: int,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> DataLoader:
     """Augmented training batches; with ``balanced_sampler``, classes drawn equally often."""
     dataset = TileDataset(
@@ -245,6 +259,7 @@ def train_loader(
             size, train=True, augment=p.augment, crop_to_foreground=p.crop_to_foreground
         ),
         return_index=True,
+        max_pixels=max_pixels,
     )
     sampler = None
     if p.balanced_sampler:
@@ -265,11 +280,16 @@ def train_loader(
 
 
 def _val_loader(
-    p: TrainEncoderConfig, root: Path, paths: list[str], labels: list[int], size: int
+    p: TrainEncoderConfig,
+    root: Path,
+    paths: list[str],
+    labels: list[int],
+    size: int,
+    max_pixels: int,
 ) -> DataLoader:
     transform = create_transform(size, train=False, crop_to_foreground=p.crop_to_foreground)
     return DataLoader(
-        TileDataset(root, paths, labels, transform),
+        TileDataset(root, paths, labels, transform, max_pixels=max_pixels),
         batch_size=p.batch_size,
         num_workers=p.num_workers,
         persistent_workers=p.num_workers > 0,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -75,3 +77,16 @@ def test_folder_with_split_folders_disambiguates_repeated_names(tmp_path):
     _image(src / "c" / "w.png")  # a class folder beside split folders is ambiguous
     with pytest.raises(DataError, match="mixes split folders"):
         import_dataset("folder", src, tmp_path / "out2", progress=False)
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_and_named(tmp_path):
+    src = tmp_path / "src"
+    _image(src / "a" / "ok.png")
+    _image(src / "b" / "ok.png")
+    _image(Path(os.fsdecode(os.fsencode(src / "a") + b"/caf\xe9.png")))  # Latin-1 bytes
+    with pytest.warns(UserWarning, match=r"a/caf\\xe9.png \(file name not UTF-8"):
+        manifest = import_dataset("folder", src, tmp_path / "out", progress=False)
+    assert read_source(manifest.parent)["path"].tolist() == ["a/ok.png", "b/ok.png"]
+    assert _summary(manifest.parent)["skipped"] == [
+        "a/caf\\xe9.png (file name not UTF-8: rename it)"
+    ]

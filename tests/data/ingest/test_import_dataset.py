@@ -24,9 +24,14 @@ def test_output_folder_rules_and_bad_arguments(tmp_path):
     (out / "old.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="overwrite"):
         import_dataset("folder", src, out, progress=False)
+    with pytest.raises(FileExistsError, match="histoflow did not write it"):
+        import_dataset("folder", src, out, overwrite=True, progress=False)
     assert (out / "old.txt").exists()
+    out = tmp_path / "new"
+    import_dataset("folder", src, out, progress=False)
     import_dataset("folder", src, out, overwrite=True, progress=False)
-    assert sorted(p.name for p in out.iterdir()) == ["a", "import.json", "manifest.csv"]
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [".histoflow-dataset", "a", "import.json", "manifest.csv"]
     with pytest.raises(ValueError, match="folder, csv, medmnist, breakhis, pcam") as error:
         import_dataset("tfrecord", src, tmp_path / "x", progress=False)
     assert all(fmt in str(error.value) for fmt in FORMATS)

@@ -7,7 +7,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from histoflow.data.ingest.sources import DataError, assign_splits, read_source
+from histoflow.data.ingest.sources import (
+    DataError,
+    assign_splits,
+    read_source,
+    split_origin,
+    unlisted_images,
+)
 
 
 def _image(path, value=128):
@@ -39,6 +45,56 @@ def test_split_folder_layout_gets_val_carved_from_train(tmp_path):
     split = assign_splits(table, val_fraction=0.2, test_fraction=0.2, seed=0)
     assert set(split["split"]) == {"train", "val", "test"}
     assert (split.loc[table["split"] == "test", "split"] == "test").all()
+
+
+def _carve(table, seed=0):
+    return assign_splits(table, val_fraction=0.2, test_fraction=0.2, seed=seed)
+
+
+def test_train_only_folders_get_val_and_test_carved_by_patient(tmp_path):
+    for label in ("a", "b"):
+        for i in range(10):
+            _image(tmp_path / "train" / label / f"{i}.png")
+    table = read_source(tmp_path)
+    number = table["path"].str.extract(r"/(\d+)\.png$")[0].astype(int)
+    table["patient_id"] = table["label"] + (number // 2).astype(str)  # 5 patients per class
+    split = _carve(table)
+    assert split_origin(table["split"], split["split"]) == {
+        "train": "data",
+        "val": "carved",
+        "test": "carved",
+    }
+    assert (split.groupby("patient_id")["split"].nunique() == 1).all()  # grouped by patient
+    for label, rows in split.groupby("label"):
+        assert set(rows["split"]) == {"train", "val", "test"}, label  # stratified
+    pd.testing.assert_frame_equal(split, _carve(table))
+    assert not split["split"].equals(_carve(table, seed=1)["split"])
+
+
+def test_given_splits_are_kept_and_only_missing_ones_carved(tiny_data):
+    table = read_source(tiny_data)
+    patients = sorted(table["patient_id"].unique())
+    table["split"] = table["patient_id"].map(
+        {p: "val" if i % 4 == 0 else "train" for i, p in enumerate(patients)}
+    )
+    split = _carve(table)
+    assert (split.loc[table["split"] == "val", "split"] == "val").all()  # val kept as given
+    assert split_origin(table["split"], split["split"])["test"] == "carved"
+    assert set(split["split"]) == {"train", "val", "test"}
+
+    no_train = table.assign(split=table["split"].replace({"train": "test"}))
+    assert _carve(no_train)["split"].equals(no_train["split"])  # nothing to carve from
+    assert split_origin(no_train["split"], no_train["split"])["train"] == "none"
+
+
+def test_unlisted_images_only_with_a_manifest(tmp_path):
+    _image(tmp_path / "a" / "1.png")
+    _image(tmp_path / "a" / ".hidden.png")
+    assert unlisted_images(tmp_path, []) == []  # the folder layout lists itself
+    (tmp_path / "manifest.csv").write_text("path,label\n./a/1.png,a\n")
+    assert unlisted_images(tmp_path, read_source(tmp_path)["path"]) == []
+    _image(tmp_path / "b" / "2.png")
+    assert unlisted_images(tmp_path, read_source(tmp_path)["path"]) == ["b/2.png"]
 
 
 def test_csv_manifest_paths_relative_to_csv(tmp_path):

@@ -18,6 +18,9 @@ CFG = ValidateConfig(min_size=32, max_size=1024, min_per_class=10)
 ERRORS = {
     "unreadable",
     "outside_root",
+    "unlisted_files",
+    "empty_split",
+    "class_missing_from_split",
     "unknown_label",
     "class_min_count",
     "patient_leak",
@@ -60,9 +63,9 @@ def _table() -> pd.DataFrame:
 
 
 def _check(
-    table: pd.DataFrame, cfg: ValidateConfig = CFG, classes: list[str] = CLASSES
+    table: pd.DataFrame, cfg: ValidateConfig = CFG, classes: list[str] = CLASSES, **kwargs
 ) -> ContractResult:
-    return check_contract(table, cfg, classes=classes)
+    return check_contract(table, cfg, classes=classes, **kwargs)
 
 
 def _with_levels(cfg: ValidateConfig = CFG, **levels: str) -> ValidateConfig:
@@ -99,6 +102,22 @@ def _outside_root(t: pd.DataFrame) -> dict:
     t.loc[8, "path"] = "/mnt/scans/img_008.png"
     t.loc[9, "path"] = "tumor/../tumor/img_009_again.png"  # stays inside: not flagged
     return {"rows": [5, 8], "text": "inside the data folder"}
+
+
+def _unlisted_files(t: pd.DataFrame) -> dict:
+    unlisted = ["tumor/new_001.png", "lymphoma/new_002.png"]
+    return {"rows": [], "paths": unlisted, "kwargs": {"unlisted": unlisted}, "text": "2 images"}
+
+
+def _empty_split(t: pd.DataFrame) -> dict:
+    t.loc[t["split"] == "test", "split"] = "val"  # whole patients move: no leak
+    origin = {"train": "data", "val": "data", "test": "none"}
+    return {"rows": [], "kwargs": {"split_origin": origin}, "text": "no images in test"}
+
+
+def _class_missing_from_split(t: pd.DataFrame) -> dict:
+    t.loc[(t["split"] == "val") & (t["label"] == "tumor"), "label"] = "normal"
+    return {"rows": [], "cfg": {"max_class_ratio": 3.0}, "text": "none for ['tumor']"}
 
 
 def _unknown_label(t: pd.DataFrame) -> dict:
@@ -170,6 +189,9 @@ def _conflicting_labels(t: pd.DataFrame) -> dict:
 DEFECTS: dict[str, tuple[str, Callable[[pd.DataFrame], dict]]] = {
     "unreadable": ("unreadable", _unreadable),
     "outside_root": ("outside_root", _outside_root),
+    "unlisted_files": ("unlisted_files", _unlisted_files),
+    "empty_split": ("empty_split", _empty_split),
+    "class_missing_from_split": ("class_missing_from_split", _class_missing_from_split),
     "unknown_label": ("unknown_label", _unknown_label),
     "class_min_count": ("class_min_count", _class_min_count),
     "class_missing": ("class_min_count", _class_missing),
@@ -200,18 +222,19 @@ def test_clean_table_passes():
     result = _check(_table())
     assert result.success
     assert result.violations == ()
-    # Every check on, plus three schema expectations.
-    assert result.statistics["evaluated_expectations"] == len(result.expectations) == 19
+    # Every check on (class_missing_from_split once per split), plus three schema expectations.
+    assert result.statistics["evaluated_expectations"] == len(result.expectations) == 24
     assert result.statistics["unsuccessful_expectations"] == 0
-    assert result.summary() == "Data contract passed (19 expectations)."
+    assert result.summary() == "Data contract passed (24 expectations)."
 
 
 @pytest.mark.parametrize("name", list(DEFECTS))
 def test_each_defect_fires_its_check_only(name):
     check, table, spec, cfg = _defect(name)
-    result = _check(table, cfg, spec.get("classes", CLASSES))
+    result = _check(table, cfg, spec.get("classes", CLASSES), **spec.get("kwargs", {}))
     level = "error" if check in ERRORS else "warning"
-    assert _fired(result) == {check: ({level}, _paths(table, spec["rows"]))}
+    paths = _paths(table, spec["rows"]) | set(spec.get("paths", []))
+    assert _fired(result) == {check: ({level}, paths)}
     assert result.success is (level == "warning")
     assert any(spec["text"] in v.message for v in result.violations), result.summary()
 
@@ -254,7 +277,7 @@ def test_summary_lists_errors_before_warnings_and_dict_is_json():
     _unknown_label(table)
     result = _check(table)
     text = result.summary(max_paths=1)
-    assert text.startswith("Data contract FAILED: 1 error, 1 warning (19 expectations).")
+    assert text.startswith("Data contract FAILED: 1 error, 1 warning (24 expectations).")
     assert text.index("ERROR [unknown_label]") < text.index("WARNING [blurred]")
     assert "tumor/img_005.png" in text
     assert "... and 1 more" in text

@@ -90,9 +90,9 @@ def decodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     decode = qc_table.features_from_bytes
 
-    def counting(data: bytes, sha256: str) -> dict:
+    def counting(data: bytes, sha256: str, **kwargs) -> dict:
         calls.append(len(data))
-        return decode(data, sha256)
+        return decode(data, sha256, **kwargs)
 
     monkeypatch.setattr(qc_table, "features_from_bytes", counting)
     return calls
@@ -135,6 +135,19 @@ def test_cache_detects_a_change_with_the_same_size_and_mtime(
     assert len(decodes) == 1
     assert after["sha256"][0] != before["sha256"][0]
     pd.testing.assert_frame_equal(after, feature_table([path], progress=False))
+
+
+def test_cache_rows_follow_a_changed_pixel_limit(
+    tiles: list[Path], tmp_path: Path, decodes: list[int]
+) -> None:
+    cache = tmp_path / "qc.parquet"
+    feature_table(tiles, cache=cache, progress=False)
+    small = feature_table(tiles, cache=cache, progress=False, max_pixels=64 * 64 - 1)
+    assert not small["readable"].any()  # cached readable rows are judged by the new limit
+    assert small["error"][0].startswith("image is 64 x 64 = 4,096 pixels, more than")
+    decodes.clear()
+    again = feature_table(tiles, cache=cache, progress=False)
+    assert len(decodes) == 4 and again["readable"].sum() == 4  # refused ones measured again
 
 
 def test_cache_keeps_only_this_runs_paths(tiles: list[Path], tmp_path: Path) -> None:

@@ -5,7 +5,8 @@ CSV manifest) and assigns splits. :func:`import_dataset` converts another format
 layout: ``<out>/<label>/<file>`` images plus ``<out>/manifest.csv`` (``path,label`` and
 optional ``split``, ``patient_id`` and grouping columns). Every import also writes
 ``<out>/import.json`` (source, counts per class and split, skipped files) and is atomic: a
-failed or interrupted import leaves ``out`` as it was.
+failed or interrupted import leaves ``out`` as it was. ``overwrite`` replaces only a folder
+that histoflow wrote (:mod:`histoflow.data.outdir`).
 
 Formats, one module each (named after the format):
 
@@ -26,7 +27,8 @@ import pandas as pd
 
 from histoflow.data.ingest._common import SHOWN
 from histoflow.data.ingest.sources import DataError
-from histoflow.io import atomic_dir, write_json
+from histoflow.data.outdir import dataset_dir
+from histoflow.io import write_json
 
 __all__ = ["FORMATS", "import_dataset"]
 
@@ -49,7 +51,8 @@ def import_dataset(
         src: A folder (``folder``, ``breakhis``, ``pcam``), a CSV file (``csv``) or an ``.npz``
             file (``medmnist``).
         out: Output folder; it must be missing or empty unless ``overwrite``.
-        overwrite: Replace a non-empty ``out`` (only once the import has succeeded).
+        overwrite: Replace a non-empty ``out`` that histoflow wrote and that holds nothing
+            else (:func:`~histoflow.data.outdir.check_output`), once the import has succeeded.
         progress: Show a tqdm progress bar.
         class_names: MedMNIST class names by label index; they take precedence over a
             ``label_names``/``class_names`` array in the npz. Default: ``class_0``, ``class_1``...
@@ -58,9 +61,11 @@ def import_dataset(
         ``out/manifest.csv``.
 
     Raises:
-        ValueError: ``fmt`` is unknown, ``class_names`` is given for another format, or ``out``
-            and ``src`` are inside one another.
-        FileExistsError: ``out`` is not empty and ``overwrite`` is false.
+        ValueError: ``fmt`` is unknown, ``class_names`` is given for another format, ``out``
+            and ``src`` are inside one another, or ``out`` is the current folder, one above
+            it, or a project.
+        FileExistsError: ``out`` is not empty and ``overwrite`` is false, or histoflow did
+            not write all of it.
         DataError: the source is missing, malformed or holds no images.
     """
     if fmt not in FORMATS:
@@ -75,7 +80,7 @@ def import_dataset(
     if not src.exists():
         raise DataError(f"{fmt} source {src} does not exist")
     _write.check_out(src, out, overwrite)
-    with atomic_dir(out) as tmp:
+    with dataset_dir(out, by=f"histoflow data import {fmt}") as tmp:
         if fmt == "medmnist":
             total, items, skipped = medmnist.plan(src, class_names)
         else:

@@ -10,6 +10,7 @@ import numpy as np
 
 from histoflow.data.images import IMAGE_SUFFIXES
 from histoflow.data.ingest.sources import DataError
+from histoflow.data.manifest import is_text_path, printable_path
 
 __all__ = ["SHOWN", "Item", "Plan", "require_images", "safe_name", "scan"]
 
@@ -22,13 +23,21 @@ Plan = tuple[int, Iterable[Item], list[str]]  # number of images, the images, sk
 
 
 def scan(src: Path) -> tuple[list[Path], list[str]]:
-    """Image files under ``src`` and the other (non-hidden) files, which will be reported."""
+    """Image files under ``src`` and the other (non-hidden) files, which will be reported.
+
+    A file whose name is not valid UTF-8 is one of the others (named with its bytes escaped):
+    no manifest could hold its name.
+    """
     if not src.is_dir():
         raise DataError(f"expected a folder of images, got the file {src}")
     images, others = [], []
     for file in sorted(src.rglob("*")):
         rel = file.relative_to(src)
-        if file.is_file() and not any(part.startswith(".") for part in rel.parts):
+        if not file.is_file() or any(part.startswith(".") for part in rel.parts):
+            continue
+        if not is_text_path(rel.as_posix()):
+            others.append(f"{printable_path(rel.as_posix())} (file name not UTF-8: rename it)")
+        else:
             (images if file.suffix.lower() in IMAGE_SUFFIXES else others).append(rel.as_posix())
     return [src / rel for rel in images], others
 

@@ -11,19 +11,17 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from histoflow.data.ingest._common import Item
+from histoflow.data.outdir import MARKER, check_output
 
 __all__ = ["check_out", "summary", "write_items"]
 
 
 def check_out(src: Path, out: Path, overwrite: bool) -> None:
-    """Refuse an output that is a file, is not empty (unless ``overwrite``) or overlaps ``src``."""
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"output {out} is a file; choose a folder path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"output folder {out} is not empty; choose a new folder or pass overwrite=True "
-            "(--overwrite) to replace it"
-        )
+    """Refuse an output that overlaps ``src``, or that overwriting could harm.
+
+    See :func:`~histoflow.data.outdir.check_output` for what ``overwrite`` may replace.
+    """
+    check_output(out, overwrite=overwrite)
     # Replacing `out` deletes what it held, and scanning `src` would pick up an earlier import.
     if src.resolve().is_relative_to(out.resolve()) or (
         src.is_dir() and out.resolve().is_relative_to(src.resolve())
@@ -62,7 +60,7 @@ def summary(fmt: str, src: Path, table: pd.DataFrame, skipped: list[str]) -> dic
         "skipped": skipped[:100],
         "classes": table["label"].value_counts().to_dict(),
         "splits": table["split"].value_counts().to_dict() if "split" in table else {},
-        "created": [*folders, "import.json", "manifest.csv"],  # top-level entries of out
+        "created": [*folders, MARKER, "import.json", "manifest.csv"],  # top-level entries of out
     }
 
 

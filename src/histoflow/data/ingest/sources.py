@@ -5,21 +5,32 @@ Formats:
 - CSV manifest inside ``root``: ``path,label`` plus optional ``split,patient_id`` and any
   grouping columns, ``path`` relative to the CSV.
 
-Splits come from the data when given; otherwise they are assigned stratified by label and
-grouped by patient (no patient in two splits), with a fixed seed.
+Splits come from the data when given; the missing ones are carved from its training images
+(or, without any split, assigned to every image), stratified by label and grouped by patient
+(no patient in two splits), with a fixed seed. :func:`split_origin` records which is which.
+With a manifest, :func:`unlisted_images` finds the images on disk that it does not list.
 """
 
 from __future__ import annotations
 
+import posixpath
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from histoflow.data.images import IMAGE_SUFFIXES
-from histoflow.data.manifest import SPLITS
+from histoflow.data.manifest import SPLITS, printable_path
 
-__all__ = ["SPLIT_ALIASES", "DataError", "assign_splits", "read_source"]
+__all__ = [
+    "SPLIT_ALIASES",
+    "DataError",
+    "assign_splits",
+    "read_source",
+    "split_origin",
+    "unlisted_images",
+]
 
 # Folder and column spellings of each split.
 SPLIT_ALIASES = {
@@ -87,37 +98,58 @@ def read_source(
 def assign_splits(
     table: pd.DataFrame, *, val_fraction: float, test_fraction: float, seed: int
 ) -> pd.DataFrame:
-    """Fill in ``split`` where the data did not give one.
+    """Fill in the splits the data did not give, carving them out of its training images.
 
-    A complete split column is kept. A data set with only train/test (common for public image
-    folders) gets ``val`` carved from train. Otherwise patients are assigned per label so each
-    class is represented in every split and no patient spans two splits.
+    Every split of :data:`~histoflow.data.manifest.SPLITS` the data gives is kept as it is.
+    Without any split (a class-folder layout, a CSV without a split column) every image is
+    assigned. With a train split but no val or test (``train/<class>/`` folders only,
+    train/test, train/val), the missing ones are carved from train. Either way patients are
+    chosen per label, so each class is represented in every split, and no patient spans two
+    splits: ``test_fraction`` and ``val_fraction`` of all images, seeded by ``seed``. A split
+    that cannot be carved (no train split to carve from, a class with too few patients,
+    ``val_fraction`` 0) stays empty or lacks classes; the data contract reports it, with the
+    remedy, before anything trains.
+
+    Raises:
+        DataError: the split column has unknown values, or is filled for some rows only.
     """
     table = table.copy()
     given = set(table["split"]) - {""}
     unknown = given - set(SPLITS)
     if unknown:
         raise DataError(f"split column has values {sorted(unknown)}; expected train, val or test")
-    if given and (table["split"] != "").all():
-        if "val" in given or val_fraction == 0:
-            return table
-        train = table["split"] == "train"
-        val = _pick_patients(table[train], val_fraction / (1 - test_fraction), seed)
-        table.loc[train & table["patient_id"].isin(val), "split"] = "val"
-        return table
-    if given:
+    if given and (table["split"] == "").any():
         raise DataError(
             "split column is filled for some rows but empty for others; fill it for all rows or none"
         )
-    test = _pick_patients(table, test_fraction, seed)
-    rest = ~table["patient_id"].isin(test)
-    val = _pick_patients(table[rest], val_fraction / (1 - test_fraction), seed + 1)
-    table["split"] = np.where(
-        table["patient_id"].isin(test),
-        "test",
-        np.where(table["patient_id"].isin(val), "val", "train"),
-    )
+    if not given:
+        table["split"] = "train"
+    elif "train" not in given:
+        return table  # nothing to carve from
+    train = table["split"] == "train"
+    if "test" not in given:
+        # test_fraction of all images, as a share of those train holds (all but a given val).
+        share = 1.0 - (val_fraction if "val" in given else 0.0)
+        test = _pick_patients(table[train], test_fraction / share, seed)
+        table.loc[train & table["patient_id"].isin(test), "split"] = "test"
+        train = table["split"] == "train"
+    if "val" not in given and val_fraction > 0:
+        # A given train/test pair carves val with the seed itself (as before test was carved).
+        val_seed = seed if "test" in given else seed + 1
+        val = _pick_patients(table[train], val_fraction / (1 - test_fraction), val_seed)
+        table.loc[train & table["patient_id"].isin(val), "split"] = "val"
     return table
+
+
+def split_origin(given: pd.Series, assigned: pd.Series) -> dict[str, str]:
+    """Where each split came from: ``data`` (given), ``carved`` (by :func:`assign_splits`), ``none``.
+
+    Args:
+        given: The split column as read from the data (``""`` where it gave none).
+        assigned: The same column after :func:`assign_splits`.
+    """
+    have, had = set(assigned), set(given)
+    return {s: "data" if s in had else "carved" if s in have else "none" for s in SPLITS}
 
 
 def _pick_patients(table: pd.DataFrame, fraction: float, seed: int) -> set[str]:
@@ -160,17 +192,40 @@ def _read_manifest(csv: Path) -> pd.DataFrame:
     return table
 
 
-def _scan_folder(root: Path) -> pd.DataFrame:
-    rows = []
+def unlisted_images(root: Path, listed: Iterable[str], manifest: str = "manifest.csv") -> list[str]:
+    """Image files under ``root`` that ``root/manifest`` does not list; none without a manifest.
+
+    Files are found as the folder layout finds them (image suffixes, hidden files and folders
+    skipped). Names come back relative to ``root``, sorted, and printable
+    (:func:`~histoflow.data.manifest.printable_path`).
+
+    Args:
+        root: The data folder.
+        listed: The manifest's paths, relative to ``root``.
+        manifest: The manifest's file name inside ``root``.
+    """
+    if not (Path(root) / manifest).is_file():
+        return []  # a folder layout lists exactly what is on disk
+    known = {posixpath.normpath(p) for p in listed}
+    return [printable_path(rel) for rel in _image_files(Path(root)) if rel not in known]
+
+
+def _image_files(root: Path) -> Iterator[str]:
+    """POSIX paths relative to ``root`` of its image files, hidden files and folders skipped."""
     for file in sorted(root.rglob("*")):
         if not file.is_file() or file.suffix.lower() not in IMAGE_SUFFIXES:
             continue
         rel = file.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts):
-            continue
-        parts = rel.parts
+        if not any(part.startswith(".") for part in rel.parts):
+            yield rel.as_posix()
+
+
+def _scan_folder(root: Path) -> pd.DataFrame:
+    rows = []
+    for rel in _image_files(root):
+        parts = rel.split("/")
         if len(parts) >= 3 and parts[0].lower() in SPLIT_ALIASES:
-            rows.append({"path": rel.as_posix(), "label": parts[1], "split": parts[0]})
+            rows.append({"path": rel, "label": parts[1], "split": parts[0]})
         elif len(parts) >= 2:
-            rows.append({"path": rel.as_posix(), "label": parts[0], "split": ""})
+            rows.append({"path": rel, "label": parts[0], "split": ""})
     return pd.DataFrame(rows, columns=["path", "label", "split"])

@@ -1,8 +1,9 @@
 """Per-image quality and colour measurements: one row per file, for validation, captions and drift.
 
-Every file gets a row, readable or not: an unreadable file (empty, truncated, not an image) has
-``readable=False``, the decoder's message in ``error`` and NaN pixel features, so a bad file
-shows up in the table instead of stopping the run.
+Every file gets a row, readable or not: an unreadable file (empty, truncated, not an image, or
+with more pixels than ``max_pixels``, which is read from the header and never decoded) has
+``readable=False``, the reason in ``error`` and NaN pixel features, so a bad file shows up in
+the table instead of stopping the run.
 
 Pixel features are computed on the image as RGB floats in [0, 1]:
 
@@ -41,6 +42,7 @@ import numpy as np
 from PIL import Image, ImageMode
 from skimage.color import hed_from_rgb
 
+from histoflow.data.images import DEFAULT_MAX_PIXELS, ImageTooLarge, open_image
 from histoflow.data.quality.hashing import perceptual_hash
 
 __all__ = [
@@ -101,11 +103,12 @@ _MIN_TRANSMISSION = 1 / 255
 _HED_FROM_RGB = hed_from_rgb.astype(np.float32)
 
 
-def image_features(path: Path) -> dict:
+def image_features(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
     """Decode one image file and measure it; never raises for a bad file.
 
     Args:
         path: Image file (any format Pillow reads).
+        max_pixels: An image with more pixels is not decoded (an unreadable row).
 
     Returns:
         A dict with exactly the keys of :data:`QC_COLUMNS`. For an unreadable file
@@ -118,7 +121,7 @@ def image_features(path: Path) -> dict:
         data, _ = read_bytes(path)
     except OSError as exc:
         return unopenable_row(exc)
-    return features_from_bytes(data, hashlib.sha256(data).hexdigest())
+    return features_from_bytes(data, hashlib.sha256(data).hexdigest(), max_pixels=max_pixels)
 
 
 def to_rgb_float(img: Image.Image) -> np.ndarray:
@@ -196,33 +199,44 @@ def read_bytes(path: str | Path) -> tuple[bytes, os.stat_result]:
         return f.read(), os.fstat(f.fileno())
 
 
-def unopenable_row(exc: OSError) -> dict:
-    """The row of a file that could not be opened: ``readable`` False, the reason in ``error``."""
+def unopenable_row(exc: OSError | str) -> dict:
+    """The row of a file that could not be opened: ``readable`` False, the reason in ``error``.
+
+    Args:
+        exc: The error opening it, or the reason as text.
+    """
     row = _empty_row()
-    row["error"] = f"cannot read file: {exc.strerror or exc}"
+    row["error"] = f"cannot read file: {exc.strerror or exc}" if isinstance(exc, OSError) else exc
     return row
 
 
-def features_from_bytes(data: bytes, sha256: str) -> dict:
+def features_from_bytes(data: bytes, sha256: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
     """Decode and measure one file's bytes, as :func:`image_features` (which reads the file).
 
-    The only place pixels are decoded; a decoder failure marks the row unreadable.
+    The only place QC decodes pixels; a decoder failure marks the row unreadable, and so does
+    a header declaring more than ``max_pixels`` pixels (then nothing is decoded).
 
     Args:
         data: The file's content.
         sha256: Hex digest of ``data`` (the caller has usually computed it already).
+        max_pixels: Most pixels an image may have.
     """
     row = _empty_row()
     row["bytes"] = len(data)
     row["sha256"] = sha256
     buffer = io.BytesIO(data)
     try:
-        with Image.open(buffer) as img:
+        with open_image(buffer, max_pixels=max_pixels, name="") as img:
             row.update(format=img.format or "", mode=img.mode, width=img.width, height=img.height)
             row["bit_depth"] = _bit_depth(img.mode)
             img.load()  # decode in full: a truncated file fails here, not at open
             rgb = to_rgb_float(img)
             grey = is_greyscale(img.mode, rgb)
+    except ImageTooLarge as exc:  # the header is all that was read
+        if exc.size:
+            row.update(width=exc.size[0], height=exc.size[1])
+        row["error"] = str(exc)
+        return row
     except Exception as exc:  # any decoder failure marks the file unreadable
         # Pillow puts the BytesIO repr into some messages; drop it so equal errors read alike.
         message = str(exc).replace(repr(buffer), "").strip() or type(exc).__name__

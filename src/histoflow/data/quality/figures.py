@@ -16,6 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from PIL import Image
 
+from histoflow.data.images import DEFAULT_MAX_PIXELS, open_image
 from histoflow.data.manifest import SPLITS
 from histoflow.data.quality.features import to_rgb_float
 
@@ -34,7 +35,14 @@ _GAP = 2  # white space between tiles, px
 _BINS = 30
 
 
-def class_montage(table: pd.DataFrame, label: str, root: Path, limit: int) -> bytes | None:
+def class_montage(
+    table: pd.DataFrame,
+    label: str,
+    root: Path,
+    limit: int,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> bytes | None:
     """PNG of up to ``limit`` tiles of ``label``, spread over the table; None if none load.
 
     Args:
@@ -42,12 +50,13 @@ def class_montage(table: pd.DataFrame, label: str, root: Path, limit: int) -> by
         label: The class whose readable images are shown.
         root: Folder the table's paths are relative to.
         limit: Most tiles; evenly spaced over the class's rows when it has more.
+        max_pixels: An image with more pixels is left out, undecoded.
     """
     paths = table.loc[(table["label"] == label) & _readable(table)]
     paths = paths["path"].dropna().tolist()
     if len(paths) > limit:  # evenly spaced rather than the first few: more sites and patients
         paths = [paths[i] for i in np.linspace(0, len(paths) - 1, limit).round().astype(int)]
-    tiles = [t for t in (_tile(root / p) for p in paths) if t is not None]
+    tiles = [t for t in (_tile(root / p, max_pixels) for p in paths) if t is not None]
     if not tiles:
         return None
     cols = math.ceil(math.sqrt(len(tiles)))
@@ -59,9 +68,9 @@ def class_montage(table: pd.DataFrame, label: str, root: Path, limit: int) -> by
     return _png(sheet)
 
 
-def _tile(path: Path) -> Image.Image | None:
+def _tile(path: Path, max_pixels: int) -> Image.Image | None:
     try:
-        with Image.open(path) as img:
+        with open_image(path, max_pixels=max_pixels) as img:
             img.draft("RGB", (_TILE, _TILE))  # JPEG: decode at reduced scale, much faster
             img.thumbnail((_TILE, _TILE))
             rgb = (to_rgb_float(img) * 255).round().astype(np.uint8)  # (h, w, 3)

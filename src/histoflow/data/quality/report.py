@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from histoflow.data.images import DEFAULT_MAX_PIXELS
 from histoflow.data.manifest import SPLITS
 from histoflow.data.quality.contract import ContractResult, Violation
 from histoflow.data.quality.figures import class_montage, feature_histograms
@@ -49,6 +50,7 @@ def write_validation_report(
     classes: Sequence[str],
     excluded: Sequence[str] = (),
     max_montage: int = 16,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Path:
     """Write ``results.json``, ``report.html`` and ``montage_<class>.png`` into ``out_dir``.
 
@@ -62,6 +64,7 @@ def write_validation_report(
         classes: Labels in display order.
         excluded: Paths the caller leaves out of the manifest (e.g. blurred or blank images).
         max_montage: Most tiles per class montage.
+        max_pixels: A montage leaves out an image with more pixels, undecoded.
 
     Returns:
         Path of ``report.html``.
@@ -84,7 +87,7 @@ def write_validation_report(
     for stale in out_dir.glob("montage_*.png"):  # classes dropped since the last run
         stale.unlink()
     for label in classes:
-        png = class_montage(table, label, Path(data_root), max_montage)
+        png = class_montage(table, label, Path(data_root), max_montage, max_pixels=max_pixels)
         if png is not None:
             name = f"montage_{re.sub(r'[^A-Za-z0-9._-]+', '_', label)}.png"
             with atomic_path(out_dir / name) as tmp:

@@ -2,7 +2,8 @@
 
 One row per file (:func:`~histoflow.data.quality.features.image_features`), in the order the
 paths come. Worker processes decode in parallel; a parquet cache keyed by path, size, mtime
-and content hash lets a re-run decode only what changed.
+and content hash lets a re-run decode only what changed. A file whose name is not valid UTF-8
+gets an unreadable row saying so (no table or report could store its name).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
+from histoflow.data.images import DEFAULT_MAX_PIXELS
+from histoflow.data.manifest import is_text_path
 from histoflow.data.quality.features import (
     DRIFT_FEATURES,
     INT_COLUMNS,
@@ -47,6 +50,7 @@ def feature_table(
     workers: int = 0,
     cache: Path | None = None,
     progress: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> pd.DataFrame:
     """Measure many images into a table, one image in memory per process at a time.
 
@@ -61,6 +65,9 @@ def feature_table(
             an ``mtime_ns`` column. A missing cache is created; an unreadable one is ignored
             with a warning. The returned table is the same with or without a cache.
         progress: Show a tqdm progress bar.
+        max_pixels: An image with more pixels is not decoded: its row is unreadable, with
+            the reason in ``error`` (width and height come from its header). A cached row
+            that another limit could change is measured again.
 
     Returns:
         One row per path: a leading ``path`` column (``str(path)``) then
@@ -75,7 +82,11 @@ def feature_table(
         raise ValueError(f"workers must be 0 (in-process) or a number of processes, got {workers}")
     total = len(paths) if hasattr(paths, "__len__") else None
     cached_rows, cached_keys = _read_cache(Path(cache)) if cache is not None else ({}, {})
-    jobs = ((str(path), cached_keys.get(str(path))) for path in paths)
+    # A changed max_pixels re-judges the rows it could change (see _reusable).
+    jobs = (
+        (str(path), _reusable(cached_rows, cached_keys, str(path), max_pixels), max_pixels)
+        for path in paths
+    )
 
     rows, mtimes = [], []
     results = _imap(_measure, jobs, workers=workers, total=total)
@@ -90,13 +101,31 @@ def feature_table(
     return table
 
 
-def _measure(job: tuple[str, tuple | None]) -> tuple[str, dict | None, int | None]:
+def _reusable(rows: dict, keys: dict, path: str, max_pixels: int) -> tuple | None:
+    """The cache key of ``path``'s row if that row stands under ``max_pixels``, else None.
+
+    A readable image's row stands while it is within the limit. An unreadable file whose
+    header gave a size is measured again: the limit may have been what refused it (a
+    truncated file costs one more failed decode). Other unreadable rows stand.
+    """
+    row = rows.get(path)
+    if row is None:
+        return None
+    pixels = row["width"] * row["height"]  # NaN when no header could be read
+    stale = pixels > max_pixels if row["readable"] else pd.notna(pixels)
+    return None if stale else keys.get(path)
+
+
+def _measure(job: tuple[str, tuple | None, int]) -> tuple[str, dict | None, int | None]:
     """Row for one path, or None when the cached row is still current; runs in the workers.
 
-    ``job`` is ``(path, expected)`` with ``expected = (bytes, mtime_ns, sha256)`` of the
-    cached row, or None. Returns ``(path, row or None, mtime_ns or None)``.
+    ``job`` is ``(path, expected, max_pixels)`` with ``expected = (bytes, mtime_ns, sha256)``
+    of the cached row, or None. Returns ``(path, row or None, mtime_ns or None)``.
     """
-    path, expected = job
+    path, expected, max_pixels = job
+    if not is_text_path(path):
+        reason = "file name is not valid UTF-8, so no manifest or report can hold it: rename it"
+        return path, unopenable_row(reason), None
     try:
         data, stat = read_bytes(path)
     except OSError as exc:
@@ -104,7 +133,7 @@ def _measure(job: tuple[str, tuple | None]) -> tuple[str, dict | None, int | Non
     sha256 = hashlib.sha256(data).hexdigest()
     if expected == (len(data), stat.st_mtime_ns, sha256):
         return path, None, stat.st_mtime_ns
-    return path, features_from_bytes(data, sha256), stat.st_mtime_ns
+    return path, features_from_bytes(data, sha256, max_pixels=max_pixels), stat.st_mtime_ns
 
 
 def _imap(func: Callable, jobs: Iterable, *, workers: int, total: int | None) -> Iterator:
@@ -181,6 +210,7 @@ def _read_cache(path: Path) -> tuple[dict[str, dict], dict[str, tuple]]:
 def _write_cache(path: Path, table: pd.DataFrame, mtimes: list[int | None]) -> None:
     cached = table.assign(**{_CACHE_KEY: pd.array(mtimes, dtype="Int64")})
     cached = cached.drop_duplicates("path", keep="last")
+    cached = cached[cached["path"].map(is_text_path)]  # parquet stores text; the row says why
     try:
         with atomic_path(path) as tmp:
             cached.to_parquet(tmp, index=False)

@@ -27,10 +27,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from histoflow.data.outdir import check_output, dataset_dir
 from histoflow.data.synthetic.canvas import canvas
 from histoflow.data.synthetic.stain import SHIFT_SITE, SITES, Stain, jitter, render, site_stain
 from histoflow.data.synthetic.tissue import CLASS_NAMES, draw_tissue
-from histoflow.io import atomic_dir
 
 __all__ = ["CLASS_NAMES", "generate"]
 
@@ -95,7 +95,9 @@ def generate(
     Writes ``<out>/<class>/<class>_<NNNNN>.png`` and ``<out>/manifest.csv`` (columns
     ``path,label,patient_id,site,magnification``, sorted by path). Tiles are assigned to
     patients round-robin within a class; patients to sites round-robin. The folder is built
-    beside ``out`` and swapped in at the end, so an interrupted run leaves nothing half-written.
+    beside ``out`` and swapped in at the end, so an interrupted run leaves nothing half-written;
+    it is marked as histoflow's (:mod:`histoflow.data.outdir`), so that a later ``overwrite``
+    may replace it.
 
     Args:
         out: Output folder; must be missing or empty unless ``overwrite``.
@@ -108,14 +110,17 @@ def generate(
             and labels the site ``site_shift``. Morphology does not change.
         patients_per_class: Patients per class, at most ``per_class``; default
             ``min(8, per_class)``.
-        overwrite: Replace a non-empty ``out``.
+        overwrite: Replace a non-empty ``out`` that histoflow wrote and that holds nothing
+            else (see :func:`~histoflow.data.outdir.check_output`).
 
     Returns:
         Path of the manifest.
 
     Raises:
-        ValueError: An argument is out of range (the message names it).
-        FileExistsError: ``out`` is a file, or a non-empty folder and ``overwrite`` is False.
+        ValueError: An argument is out of range (the message names it), or ``out`` is the
+            current folder, one above it, or a project.
+        FileExistsError: ``out`` is a file, or a non-empty folder and ``overwrite`` is False
+            or histoflow did not write all of it.
     """
     _check("classes", classes, 2, len(CLASS_NAMES))
     _check("per_class", per_class, 1)
@@ -126,15 +131,12 @@ def generate(
         patients_per_class = min(8, per_class)
     _check("patients_per_class", patients_per_class, 1, per_class, hint=" (per_class)")
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a folder; choose another output path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} is not empty; remove it or pass overwrite=True to replace it")
+    check_output(out, overwrite=overwrite)
 
     names = CLASS_NAMES[:classes]
     patients = _patients(classes, patients_per_class, seed, float(stain_shift))
     jobs = [(c, t) for c in range(classes) for t in range(per_class)]
-    with atomic_dir(out) as tmp:
+    with dataset_dir(out, by="histoflow data synth") as tmp:
         for name in names:
             (tmp / name).mkdir()
         draw = functools.partial(_write_tile, tmp, names, patients, patients_per_class, seed, size)

@@ -9,13 +9,13 @@ end to end; they say nothing about how well it does on the real data.
 from __future__ import annotations
 
 import csv
-import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from histoflow.data.outdir import check_output, dataset_dir
 from histoflow.data.synthetic import generate
 
 __all__ = ["STANDINS", "make_standin"]
@@ -62,17 +62,24 @@ def make_standin(
     4 classes of grey scans centred on a black background, at varying scale. ``stroke``: normal
     vs stroke grey scans, each patient scanned by CT or MR (``modality`` column).
 
+    Like :func:`~histoflow.data.synthetic.generate`, it is built beside ``out``, swapped in
+    at the end and marked, and ``overwrite`` replaces only a folder histoflow wrote.
+
     Raises:
-        ValueError: for an unknown ``kind``.
-        FileExistsError: ``out`` is not empty and ``overwrite`` is False.
+        ValueError: for an unknown ``kind``, or an ``out`` that is the current folder, one
+            above it, or a project.
+        FileExistsError: ``out`` is not empty and ``overwrite`` is False, or histoflow did not
+            write all of it.
     """
     if kind not in _LABELS:
         raise ValueError(f"unknown stand-in {kind!r}; choose one of {', '.join(STANDINS)}")
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} is not empty; pass overwrite=True to replace it")
+    check_output(out, overwrite=overwrite)
     labels = _LABELS[kind]
-    with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        dataset_dir(out, by=f"histoflow data standin {kind}") as build,
+    ):
         src = Path(tmp) / "src"
         # BreakHis images every patient at 4 magnifications: 4 images (or more) per patient.
         patients = max(1, per_class // 4) if kind == "breakhis" else None
@@ -86,7 +93,6 @@ def make_standin(
         )
         with open(src / "manifest.csv", newline="") as fh:
             rows = [r for r in csv.DictReader(fh) if labels is None or r["label"] in labels]
-        build = Path(tmp) / "out"
         rng = np.random.default_rng(seed)
         columns = ["path", "label", "patient_id", "site", *_EXTRA_COLUMNS[kind]]
         seen: dict[str, int] = {}  # images so far per patient
@@ -113,10 +119,6 @@ def make_standin(
             writer = csv.writer(fh)
             writer.writerow(columns)
             writer.writerows(sorted(table))
-        if out.exists():
-            shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(build), out)
     return out / "manifest.csv"
 
 

@@ -19,11 +19,13 @@ expectation into a :class:`Violation` that names the offending files.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import pandas as pd
 
 from histoflow.config import ValidateConfig
+from histoflow.data.manifest import SPLITS
 from histoflow.data.quality.contract.columns import (
     REQUIRED_COLUMNS,
     derive_columns,
@@ -37,13 +39,23 @@ __all__ = ["CHECKS", "REQUIRED_COLUMNS", "ContractResult", "Violation", "check_c
 
 
 def check_contract(
-    table: pd.DataFrame, cfg: ValidateConfig, *, classes: Sequence[str]
+    table: pd.DataFrame,
+    cfg: ValidateConfig,
+    *,
+    classes: Sequence[str],
+    root: Path | None = None,
+    unlisted: Sequence[str] = (),
+    split_origin: Mapping[str, str] | None = None,
 ) -> ContractResult:
     """Validate the per-image table against the data contract.
 
-    Checks (each skipped when its level in ``cfg.checks`` is ``off``): ``unreadable`` (not
-    an image, or 0 bytes); ``outside_root`` (absolute path or one leaving the data folder
-    through ``..``); ``unknown_label``; ``class_min_count`` (fewer than ``min_per_class``
+    Checks (each skipped when its level in ``cfg.checks`` is ``off``): ``unreadable`` (missing,
+    not an image, 0 bytes, a name that is not UTF-8, or above ``data.max_pixels``: the QC
+    row's ``error`` says which); ``outside_root`` (absolute path, one leaving the data folder
+    through ``..``, or, with ``root``, a link whose target is outside it); ``unlisted_files``
+    (``unlisted`` is not empty); ``empty_split`` (train, val or test without images);
+    ``class_missing_from_split`` (a class without images in a split that has some);
+    ``unknown_label``; ``class_min_count`` (fewer than ``min_per_class``
     images, or none); ``patient_leak`` (a patient in several splits);
     ``duplicate_across_splits`` (same sha256 in several splits); ``mode`` and ``size``
     (readable images only); ``near_duplicate_across_splits`` (perceptual hashes within
@@ -56,6 +68,10 @@ def check_contract(
         table: One row per image; extra columns are ignored.
         cfg: Thresholds and the level of each check.
         classes: Allowed labels.
+        root: The data folder the paths are relative to (symbolic links are resolved in it).
+        unlisted: Images in the data folder that its manifest does not list.
+        split_origin: Where each split came from (``data``, ``carved``, ``none``), so that a
+            split's finding names the right remedy.
 
     Returns:
         The result, with one violation per failed expectation.
@@ -67,10 +83,16 @@ def check_contract(
         raise ValueError("data contract: the table has no images; check the data folder")
     levels = {name: level for name, level in cfg.checks.model_dump().items() if level != "off"}
     require_columns(table, levels)
-    frame, near = derive_columns(table, cfg, classes, levels)
-    rules = [
-        r
-        for r in contract_rules(cfg, list(classes), near)
-        if r.check in levels or r.check == SCHEMA
-    ]
+    frame, near = derive_columns(table, cfg, classes, levels, root=root, n_unlisted=len(unlisted))
+    splits = [s for s in SPLITS if (frame["split"] == s).any()]
+    rules = contract_rules(
+        cfg,
+        list(classes),
+        near,
+        splits=splits,
+        found=sorted(set(frame["label"])),
+        origin=split_origin,
+        unlisted=unlisted,
+    )
+    rules = [r for r in rules if r.check in levels or r.check == SCHEMA]
     return run_rules(frame, rules, levels)

@@ -1,8 +1,9 @@
 """The table the contract's expectations run on: required columns and derived helper columns.
 
 GX expectations judge one row at a time, so every rule across rows reads a column derived
-here first: ``_outside_root``, ``_patient_n_splits``, ``_class_count``, ``_class_ratio``,
-``_sha_n_splits``, ``_sha_n_labels`` and ``_near_duplicate_across_splits`` (from the banded
+here first: ``_outside_root`` (the path, and with the data folder known, its resolved link
+target), ``_patient_n_splits``, ``_class_count``, ``_class_ratio``, ``_sha_n_splits``,
+``_sha_n_labels``, ``_n_unlisted`` and ``_near_duplicate_across_splits`` (from the banded
 perceptual-hash search of :mod:`histoflow.data.quality.hashing`).
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import posixpath
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -59,7 +61,13 @@ def require_columns(table: pd.DataFrame, levels: dict[str, str]) -> None:
 
 
 def derive_columns(
-    table: pd.DataFrame, cfg: ValidateConfig, classes: Sequence[str], levels: dict[str, str]
+    table: pd.DataFrame,
+    cfg: ValidateConfig,
+    classes: Sequence[str],
+    levels: dict[str, str],
+    *,
+    root: Path | None = None,
+    n_unlisted: int = 0,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The table the expectations run on, and the near-duplicate pairs across splits.
 
@@ -69,6 +77,9 @@ def derive_columns(
         classes: Allowed labels; only they count towards class sizes.
         levels: Level of each enabled check; the near-duplicate search runs only when its
             check is enabled.
+        root: The data folder the paths are relative to; when given, a path whose resolved
+            target (through symbolic links) lies outside it is outside the root too.
+        n_unlisted: Images in the data folder that its manifest does not list.
 
     Returns:
         ``(frame, near)``: a copy of ``table`` with a fresh RangeIndex, missing values filled
@@ -91,7 +102,9 @@ def derive_columns(
         if column in frame:
             frame[column] = pd.to_numeric(frame[column], errors="coerce")
 
-    frame["_outside_root"] = [_leaves_root(p) for p in frame["path"]]
+    inside = _links_inside(Path(root)) if root is not None else lambda _: True
+    frame["_outside_root"] = [_leaves_root(p) or not inside(p) for p in frame["path"]]
+    frame["_n_unlisted"] = n_unlisted  # one value for the table: GX reports it as observed
     frame["_patient_n_splits"] = (
         frame.groupby("patient_id")["split"].transform("nunique").fillna(1).astype(int)
     )
@@ -121,6 +134,21 @@ def derive_columns(
     flag[near["i"].to_numpy()] = flag[near["j"].to_numpy()] = True
     frame["_near_duplicate_across_splits"] = flag
     return frame, near
+
+
+def _links_inside(root: Path):
+    """A test of whether a path under ``root`` resolves (through links) to a file inside it."""
+    real_root = root.resolve()
+
+    def inside(path: Any) -> bool:
+        if not isinstance(path, str) or not path:
+            return True  # a missing path is the schema rule's business
+        try:
+            return (root / path).resolve().is_relative_to(real_root)
+        except (OSError, RuntimeError):  # a link loop: the file is unreadable, reported there
+            return True
+
+    return inside
 
 
 def _leaves_root(path: Any) -> bool:

@@ -72,9 +72,8 @@ def run_rules(frame: pd.DataFrame, rules: list[Rule], levels: dict[str, str]) ->
             continue
         rows = sorted(res.result.get("unexpected_index_list") or [])
         message = rule.message if isinstance(rule.message, str) else rule.message(frame, rows)
-        violations.append(
-            Violation(rule.check, level, config.type, column, message, _paths(frame, rows))
-        )
+        paths = _paths(frame, rows) or rule.paths
+        violations.append(Violation(rule.check, level, config.type, column, message, paths))
     return ContractResult(
         violations=tuple(violations),
         statistics=dict(validation.statistics),

@@ -8,7 +8,7 @@ names what was found.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import great_expectations as gx
@@ -27,6 +27,13 @@ _EXAMPLES = 3
 # A message is fixed text, or built from the table and the offending row positions.
 Message = str | Callable[[pd.DataFrame, list[int]], str]
 
+# What each split is for, in messages about a split without images (or without a class).
+_SPLIT_ROLE = {
+    "train": "the models learn from it",
+    "val": "early stopping and model selection read it",
+    "test": "evaluate and promotion score it",
+}
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -36,14 +43,26 @@ class Rule:
         check: The check it belongs to (one of ``CHECKS``), or ``"schema"``.
         expectation: The GX expectation, configured.
         message: Fixed text, or a function of the table and the offending row positions.
+        paths: The files a table-level rule is about when they are not rows of the table
+            (images on disk that the manifest does not list).
     """
 
     check: str
     expectation: gx.expectations.Expectation
     message: Message
+    paths: tuple[str, ...] = ()
 
 
-def contract_rules(cfg: ValidateConfig, classes: list[str], near: pd.DataFrame) -> list[Rule]:
+def contract_rules(
+    cfg: ValidateConfig,
+    classes: list[str],
+    near: pd.DataFrame,
+    *,
+    splits: Sequence[str] = SPLITS,
+    found: Sequence[str] | None = None,
+    origin: Mapping[str, str] | None = None,
+    unlisted: Sequence[str] = (),
+) -> list[Rule]:
     """Every rule of the contract, schema rules first, each check's rules in a fixed order.
 
     Args:
@@ -52,7 +71,15 @@ def contract_rules(cfg: ValidateConfig, classes: list[str], near: pd.DataFrame) 
         near: Near-duplicate pairs across splits, as
             :func:`~histoflow.data.quality.contract.columns.derive_columns` returns them
             (that check's message names them).
+        splits: The splits that have images; each must hold every class found in the data
+            (a split without images is ``empty_split``'s finding, not once more per class).
+        found: The classes that have images (a class with none is ``class_min_count``'s).
+        origin: Where each split came from (``data``, ``carved`` or ``none``, as
+            :func:`~histoflow.data.ingest.sources.split_origin` says), for the remedies.
+        unlisted: Images in the data folder that its manifest does not list.
     """
+    origin = dict(origin or {})
+    found = set(classes if found is None else found)
     exp = gx.expectations
     # Mode, size and pixel checks judge decoded images only, so an unreadable file fails once.
     # `Column == True` builds a GX row condition (E712 is about plain Python comparisons).
@@ -78,6 +105,31 @@ def contract_rules(cfg: ValidateConfig, classes: list[str], near: pd.DataFrame) 
             "outside_root",
             in_set(column="_outside_root", value_set=[False]),
             "path must stay inside the data folder (no absolute paths, no '..' out of it)",
+        ),
+        Rule(
+            "unlisted_files",
+            exp.ExpectColumnMaxToBeBetween(column="_n_unlisted", max_value=0),
+            _unlisted_message(unlisted),
+            tuple(unlisted),
+        ),
+        Rule(
+            "empty_split",
+            exp.ExpectColumnDistinctValuesToContainSet(column="split", value_set=list(SPLITS)),
+            _empty_split_message(origin),
+        ),
+        *(
+            Rule(
+                "class_missing_from_split",
+                # A class with no images at all is class_min_count's finding, not this one's.
+                exp.ExpectColumnDistinctValuesToContainSet(
+                    column="label",
+                    value_set=[c for c in classes if c in found],
+                    row_condition=Column("split") == split,
+                ),
+                _class_missing_message(classes, split, origin.get(split, "data")),
+            )
+            for split in splits
+            if split in SPLITS
         ),
         Rule(
             "unknown_label",
@@ -151,8 +203,82 @@ def contract_rules(cfg: ValidateConfig, classes: list[str], near: pd.DataFrame) 
     ]
 
 
+def _unlisted_message(unlisted: Sequence[str]) -> str:
+    shown = ", ".join(unlisted[:_EXAMPLES]) + (", ..." if len(unlisted) > _EXAMPLES else "")
+    return (
+        "every image in the data folder must be listed in its manifest, which decides what "
+        f"trains; {_plural(len(unlisted), 'image')} not listed ({shown}): add them to the "
+        "manifest (or re-import the data), move them out of the data folder, or set "
+        "validate.checks.unlisted_files to warning if the manifest is a deliberate subset"
+    )
+
+
+def _empty_split_message(origin: dict[str, str]) -> Callable[[pd.DataFrame, list[int]], str]:
+    def message(frame: pd.DataFrame, _: list[int]) -> str:
+        present = set(frame["split"])
+        given = [s for s in SPLITS if origin.get(s) == "data"]
+        empty = [s for s in SPLITS if s not in present]
+        why = [f"{s} ({_SPLIT_ROLE[s]}): {_empty_remedy(s, origin, given)}" for s in empty]
+        return "train, val and test must each have images; no images in " + "; ".join(why)
+
+    return message
+
+
+def _empty_remedy(split: str, origin: dict[str, str], given: list[str]) -> str:
+    if split == "train":
+        return (
+            f"the data gives only {'/'.join(given) or 'no'} split(s), and histoflow carves "
+            "missing splits from train: add training images (train/<class>/ folders or "
+            "split=train rows), or give no split at all and let histoflow assign every split"
+        )
+    if origin.get(split) == "data":
+        return (
+            "validate.deduplicate dropped every one of its images as a copy of an earlier "
+            "split's: give it images that are not copies"
+        )
+    fraction = "data.val_fraction" if split == "val" else "data.test_fraction"
+    zero = f"{fraction} is 0, or " if split == "val" else ""  # test_fraction is always > 0
+    return (
+        f"it could not be carved from train, by patient: {zero}the data has too few patients "
+        f"(images without patient_id count one each); raise {fraction}, give more patients, "
+        "or give this split in the data (a split folder or column)"
+    )
+
+
+def _class_missing_message(
+    classes: list[str], split: str, origin: str
+) -> Callable[[pd.DataFrame, list[int]], str]:
+    if split == "train":
+        effect = "fatal: the model cannot learn a class it never sees"
+    elif split == "val":
+        effect = "early stopping and model selection cannot judge it"
+    else:
+        effect = "its test recall cannot be measured, so the model cannot be judged on it"
+    if origin == "carved":
+        remedy = (
+            "the split is carved by patient, and a class needs at least 3 patients (one for "
+            "each of train, val and test; images without patient_id count one each): give it "
+            "more images or patients"
+        )
+    else:
+        remedy = (
+            f"add images of it to the data's {split} split, or give no split at all and let "
+            "histoflow assign every split by patient"
+        )
+
+    def message(frame: pd.DataFrame, _: list[int]) -> str:
+        here = set(frame.loc[frame["split"] == split, "label"])
+        missing = [c for c in classes if c in set(frame["label"]) and c not in here]
+        return f"every class must have images in {split}; none for {missing} ({effect}); {remedy}"
+
+    return message
+
+
 def _unreadable_message(frame: pd.DataFrame, rows: list[int]) -> str:
-    text = "file must open as an image (corrupt, truncated or not an image)"
+    text = (
+        "file must open as an image (missing, corrupt, truncated, not an image, a file name "
+        "that is not UTF-8, or more pixels than data.max_pixels)"
+    )
     if "error" not in frame:
         return text
     errors = frame["error"].iloc[rows].dropna().astype(str)
