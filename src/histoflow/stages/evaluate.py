@@ -139,6 +139,8 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
 
 def _cross_group(cfg: Params, tensors: dict, index: pd.DataFrame, y_all, num_classes: int) -> dict:
     """The cross-group protocol: a fusion head trained on one group, scored on every group."""
+    from functools import partial
+
     from histoflow.models.ablations import create_classifier
     from histoflow.models.fusion import FusionConfig
     from histoflow.training.fusion import fit_on_group
@@ -151,9 +153,8 @@ def _cross_group(cfg: Params, tensors: dict, index: pd.DataFrame, y_all, num_cla
         cfg.train_fusion, num_classes=num_classes, **feature_dims(tensors)
     )
     split = index["split"].to_numpy()
-    net = fit_on_group(
-        create_classifier("fusion", net_cfg), tensors, y_all, split, home, cfg.train_fusion
-    ).net
+    build = partial(create_classifier, "fusion", net_cfg)
+    net = fit_on_group(build, tensors, y_all, split, home, cfg.train_fusion).net
     test = split == "test"
     probs, _ = _score(net, tensors, test, p.batch_size)
     return {

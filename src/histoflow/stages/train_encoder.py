@@ -57,7 +57,8 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     from histoflow.models.checkpoint import save_model
     from histoflow.models.encoder import create_encoder_from_params, encoder_description
     from histoflow.training.checkpoints import fingerprint, mark_complete
-    from histoflow.training.encoder import fit_encoder, seed
+    from histoflow.training.encoder import fit_encoder
+    from histoflow.training.reproducibility import seed
 
     p = cfg.train_encoder
     seed(p.seed)  # before the network is built: its initial weights come from the seed
@@ -92,6 +93,11 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
             "image_size": cfg.data.image_size,
             "classes": classes,
             "crop_to_foreground": p.crop_to_foreground,
+            # Where bf16 kernels differ (another CPU, a GPU), so do the weights: the card says.
+            "trained_with": {
+                "precision": fit.metrics["precision"],
+                "device": fit.metrics["device"],
+            },
         },
     )
     with atomic_path(outputs.history) as tmp:

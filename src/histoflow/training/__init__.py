@@ -6,4 +6,13 @@ Networks come from :mod:`histoflow.models` and are passed in; nothing here build
 the submodule you need (they load torch and Lightning).
 """
 
-__all__ = ["callbacks", "encoder", "finetune", "fusion", "loggers", "modules", "optim"]
+__all__ = [
+    "callbacks",
+    "encoder",
+    "finetune",
+    "fusion",
+    "loggers",
+    "modules",
+    "optim",
+    "reproducibility",
+]
