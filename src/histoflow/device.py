@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["autocast", "cpu_supports_bf16", "pick_device", "use_bf16"]
+__all__ = ["autocast", "cpu_bf16_path", "cpu_supports_bf16", "pick_device", "use_bf16"]
 
 
 def pick_device(accelerator: str = "auto") -> torch.device:
@@ -24,13 +24,22 @@ def pick_device(accelerator: str = "auto") -> torch.device:
 
 
 @functools.cache
+def cpu_bf16_path() -> str:
+    """The CPU's native bf16 matmul: ``amx_bf16`` (Intel AMX), ``avx512_bf16``, or ``none``.
+
+    Each path has its own kernels, so bf16 results differ (slightly) between them: the model
+    card records which one a model was trained with.
+    """
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "none"
+    return next((f for f in ("amx_bf16", "avx512_bf16") if f in flags), "none")
+
+
 def cpu_supports_bf16() -> bool:
     """True on CPUs with native bf16 matmul (AMX or AVX512-BF16), where autocast pays off."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    return cpu_bf16_path() != "none"
 
 
 def use_bf16(device: torch.device, precision: str = "auto") -> bool:

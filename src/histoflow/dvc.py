@@ -27,6 +27,7 @@ __all__ = [
     "data_hash",
     "init",
     "lock_hashes",
+    "parse_lock_hashes",
     "ran_stages",
     "repro",
     "stage_order",
@@ -206,10 +207,13 @@ def ran_stages(output: str) -> list[str]:
 def lock_hashes(root: Path) -> dict[str, str]:
     """``path -> md5`` for every dependency and output recorded in ``dvc.lock``."""
     lock = Path(root) / "dvc.lock"
-    if not lock.is_file():
-        return {}
+    return parse_lock_hashes(lock.read_text()) if lock.is_file() else {}
+
+
+def parse_lock_hashes(text: str) -> dict[str, str]:
+    """``path -> md5`` of a ``dvc.lock``'s text (e.g. one read from a git commit)."""
     hashes: dict[str, str] = {}
-    for spec in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).values():
+    for spec in ((yaml.safe_load(text) or {}).get("stages") or {}).values():
         for entry in spec.get("deps", []) + spec.get("outs", []):
             if "md5" in entry:
                 hashes[entry["path"]] = entry["md5"]

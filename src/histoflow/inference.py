@@ -183,9 +183,7 @@ class Predictor:
         return table, (_rows_with_gaps(pooled) if embeddings and pooled else None)
 
 
-def _decode(
-    files: list[Path], max_pixels: int
-) -> tuple[dict[int, Image.Image], dict[int, str]]:
+def _decode(files: list[Path], max_pixels: int) -> tuple[dict[int, Image.Image], dict[int, str]]:
     """Each file decoded to RGB, or why it could not be (by position in ``files``).
 
     A file over ``max_pixels`` (the limit the model was trained with) is refused from its

@@ -1,4 +1,4 @@
-"""The promotion rules alone (pure): margin, class-recall floor, and the CI lower bound."""
+"""The promotion rules alone (pure): margin, class-recall floor, CI lower bound, seed noise."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from histoflow.registry import Evidence, decide
 RECALLS = {"a": 0.8, "b": 0.9}
 
 
-def _ev(version, value, ci=None, recalls=RECALLS):
-    return Evidence(version, value, ci, dict(recalls))
+def _ev(version, value, ci=None, recalls=RECALLS, seed_std=None):
+    return Evidence(version, value, ci, dict(recalls), seed_std=seed_std)
 
 
 def test_first_model_is_promoted_unless_a_class_is_below_the_floor():
@@ -50,10 +50,31 @@ def test_ci_lower_bound_must_reach_the_champion_when_there_is_a_ci():
 
 def test_every_failed_rule_is_in_the_reason():
     decision = decide(
-        _ev("2", 0.79, ci=(0.6, 0.9), recalls={"a": 0.1, "b": 0.9}),
+        _ev("2", 0.79, ci=(0.6, 0.9), recalls={"a": 0.1, "b": 0.9}, seed_std=0.01),
         _ev("1", 0.80),
         RegistryConfig(min_class_recall=0.5),
     )
     assert not decision.promoted
-    assert [c.split(":")[0] for c in decision.checks.values()] == ["fail", "fail", "fail"]
-    assert decision.reason.count(";") == 2
+    assert [c.split(":")[0] for c in decision.checks.values()] == ["fail"] * 4
+    assert decision.reason.count(";") == 3
+
+
+def test_a_gain_within_the_seed_noise_is_not_a_promotion():
+    champion = _ev("1", 0.80, seed_std=0.02)
+    cfg = RegistryConfig()  # noise_factor 2: the gain must exceed 2 x the larger seed std
+    within = decide(_ev("2", 0.83, seed_std=0.01), champion, cfg)
+    assert not within.promoted
+    assert within.checks["noise"] == "fail: gain +0.0300 vs 2 x seed std 0.0200 = 0.0400"
+    assert "within the noise of training" in within.reason
+    beyond = decide(_ev("2", 0.85, seed_std=0.01), champion, cfg)
+    assert beyond.promoted and beyond.checks["noise"].startswith("pass: gain +0.0500")
+    assert "seed std" in beyond.reason
+    # Only one side measured its spread: that one is the noise.
+    assert not decide(_ev("2", 0.83), champion, cfg).promoted
+    assert decide(_ev("2", 0.83), champion, RegistryConfig(noise_factor=1)).promoted
+    # No spread recorded, or the rule off: skipped, and said so.
+    plain = decide(_ev("2", 0.81), _ev("1", 0.80), cfg)
+    assert plain.promoted
+    assert plain.checks["noise"] == "skipped: no spread over seeds recorded (evaluate.seeds)"
+    off = decide(_ev("2", 0.81, seed_std=0.1), champion, RegistryConfig(noise_factor=0))
+    assert off.promoted and off.checks["noise"] == "skipped: registry.noise_factor is 0"

@@ -34,7 +34,8 @@ def _registry_status(args: argparse.Namespace) -> None:
     from histoflow.config import load_params
     from histoflow.registry import status
 
-    report = status(load_params(args.params).registry, Path.cwd())
+    params = load_params(args.params)
+    report = status(params.registry, Path.cwd(), data_root=str(params.data.root))
     if args.json:
         print(json.dumps(report, indent=2, default=str))
         return
@@ -47,13 +48,41 @@ def _registry_status(args: argparse.Namespace) -> None:
         details = "  ".join(
             f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
             for k, v in entry.items()
-            if k not in ("version", "run_id") and v is not None and not k.startswith("promotion.")
+            if k not in ("version", "run_id", *_PROVENANCE)
+            and v is not None
+            and not k.startswith("promotion.")
         )
         print(f"  {alias:<10} v{entry['version']}  {details}")
         for key in ("promotion.decision", "promotion.reason"):
             if key in entry:
                 print(f"  {'':<10} {key.split('.')[1]}: {entry[key]}")
+        for line in _provenance(entry):
+            print(f"  {'':<10} {line}")
     print(f"  history    {' -> '.join('v' + v for v in report['history']) or 'none'}")
+
+
+_PROVENANCE = ("git_commit", "data_hash", "state_commit", "checkout")
+
+
+def _provenance(entry: dict) -> list[str]:
+    """Where a version came from, and the command that gets its exact state back."""
+    commit = entry.get("git_commit") or "unknown"
+    lines = [f"code: commit {commit}   data: md5 {entry.get('data_hash') or 'unknown'}"]
+    if entry.get("checkout"):
+        lines.append(f"state: {entry['checkout']}")
+    else:
+        lines.append(
+            "state: no commit holds this run's dvc.lock; after a run, `git add dvc.lock "
+            "metrics && git commit` pins it (`dvc push` too, with a remote)"
+            + (
+                f"; `git checkout {commit} && dvc repro` rebuilds it"
+                if commit != "unknown" and not commit.endswith("-dirty")
+                else ""
+            )
+        )
+    if commit.endswith("-dirty"):
+        lines.append("note: the run had uncommitted changes to code or params")
+    return lines
 
 
 def _registry_promote(args: argparse.Namespace) -> int:

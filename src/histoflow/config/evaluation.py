@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from histoflow.config._base import Section
 
@@ -29,6 +29,19 @@ class EvaluateConfig(Section):
     # null = no cross-group protocol; the default is the demo's 40x -> 20x experiment.
     cross_group: CrossGroupConfig | None = CrossGroupConfig()
     explain_per_class: int = Field(2, ge=0)  # Grad-CAM panels: correct and wrong tiles per class
+    # The fusion head retrained with each seed on the cached embeddings: the headline metrics'
+    # mean and std over seeds, the noise a promotion must beat (registry.noise_factor). () = off.
+    seeds: tuple[int, ...] = ()
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: tuple[int, ...]) -> tuple[int, ...]:
+        if len(seeds) == 1 or len(set(seeds)) != len(seeds):
+            raise ValueError(
+                f"evaluate.seeds {list(seeds)}: give at least two distinct seeds (a spread needs "
+                "two runs), or [] for none"
+            )
+        return seeds
 
 
 class RegistryConfig(Section):
@@ -42,6 +55,8 @@ class RegistryConfig(Section):
     min_improvement: float = Field(0.0, ge=0)  # challenger must beat champion by more than this
     min_class_recall: float = Field(0.0, ge=0, le=1)  # no class recall may fall below this
     ci_rule: bool = True  # when a CI exists: its lower bound must reach the champion's value
+    # When evaluate.seeds recorded a spread: the gain must exceed this many seed stds. 0 = off.
+    noise_factor: float = Field(2.0, ge=0)
     retries: int = Field(3, ge=0, le=20)  # registration retries on an unreachable server
     retry_backoff_s: float = Field(2.0, ge=0)  # first retry delay; doubles each time
     lock_timeout_s: float = Field(60.0, gt=0)  # wait this long for another promotion to finish

@@ -102,15 +102,30 @@ def _fmt(value, ci=None) -> str:
 
 
 def _headline(m: dict) -> str:
+    spread = m.get("seed_spread")
     rows = "".join(
-        f"<tr><td>{k.replace('_', ' ')}</td><td>{_fmt(m.get(k), m.get('ci', {}).get(k))}</td></tr>"
+        f"<tr><td>{k.replace('_', ' ')}</td><td>{_fmt(m.get(k), m.get('ci', {}).get(k))}</td>"
+        + (f"<td>{_spread(spread[k])}</td>" if spread else "")
+        + "</tr>"
         for k in HEADLINE
     )
+    seeds_head, seeds_note = "", ""
+    if spread:
+        seeds = ", ".join(map(str, spread["seeds"]))
+        seeds_head = "<th>mean &plusmn; std over seeds</th>"
+        seeds_note = (
+            f" Seeds: the fusion head retrained with seeds {_e(seeds)} on the same embeddings "
+            "(the noise of one training run; the CI is the noise of the test sample)."
+        )
     return (
         "<h2>Deployed model (cross-attention fusion)</h2>"
-        f"<table><tr><th>metric</th><th>value [95% CI]</th></tr>{rows}</table>"
-        "<p>ece: expected calibration error (lower is better).</p>"
+        f"<table><tr><th>metric</th><th>value [95% CI]</th>{seeds_head}</tr>{rows}</table>"
+        f"<p>ece: expected calibration error (lower is better).{seeds_note}</p>"
     )
+
+
+def _spread(s: dict) -> str:
+    return f"{s['mean']:.3f} &plusmn; {s['std']:.3f}"
 
 
 def _ablations(ablations: dict) -> str:

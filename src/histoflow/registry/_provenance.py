@@ -1,12 +1,23 @@
-"""What a training run records about where it ran: machine, package versions."""
+"""What a training run records about where it ran (machine, package versions) and its state.
+
+A version's state is its ``dvc.lock``: every stage's inputs and outputs by hash, recorded as the
+run's ``dvc.md5.*`` tags. :func:`commit_with_lock` finds the git commit holding that lock, the
+one ``git checkout <commit> && dvc checkout`` restores the version from.
+"""
 
 from __future__ import annotations
 
 import os
 import platform
+import subprocess
 from importlib.metadata import PackageNotFoundError, distributions, version
+from pathlib import Path
 
-__all__ = ["environment_tags", "frozen_requirements", "machine_tags"]
+from histoflow.dvc import parse_lock_hashes
+
+__all__ = ["commit_with_lock", "environment_tags", "frozen_requirements", "machine_tags"]
+
+_MAX_COMMITS = 500  # commits of dvc.lock searched, newest first
 
 # The packages whose versions change what a model is or how it is tracked.
 KEY_PACKAGES = (
@@ -28,8 +39,14 @@ KEY_PACKAGES = (
 
 
 def machine_tags() -> dict[str, str]:
-    """``machine.*`` tags: OS, Python, CPU count and model, memory, CUDA device."""
+    """``machine.*`` tags: OS, Python, CPU model, count and bf16 path, memory, CUDA device.
+
+    What a bit-for-bit reproduction needs to match besides the package versions: the CPU's
+    bf16 kernels (``machine.bf16``), the GPU, and torch's thread count.
+    """
     import torch
+
+    from histoflow.device import cpu_bf16_path
 
     tags = {
         "machine.platform": platform.platform(),
@@ -37,6 +54,8 @@ def machine_tags() -> dict[str, str]:
         "machine.python": platform.python_version(),
         "machine.cpus": str(os.cpu_count()),
         "machine.cpu": _cpu_model(),
+        "machine.bf16": cpu_bf16_path(),
+        "machine.torch_threads": str(torch.get_num_threads()),
         "machine.cuda": str(torch.cuda.is_available()),
     }
     try:
@@ -75,3 +94,29 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def commit_with_lock(root: Path, hashes: dict[str, str]) -> str | None:
+    """The newest commit (reachable from HEAD) whose ``dvc.lock`` records exactly ``hashes``.
+
+    None when no commit does (the run's ``dvc.lock`` was never committed), there are no
+    hashes, or ``root`` is not a git repository.
+    """
+    if not hashes:
+        return None
+    commits = _git(root, "log", f"--max-count={_MAX_COMMITS}", "--format=%H", "--", "dvc.lock")
+    for commit in (commits or "").split():
+        text = _git(root, "show", f"{commit}:dvc.lock")
+        if text is not None and parse_lock_hashes(text) == hashes:
+            return commit
+    return None
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        proc = subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, errors="replace"
+        )
+    except FileNotFoundError:  # no git on this machine
+        return None
+    return proc.stdout if proc.returncode == 0 else None

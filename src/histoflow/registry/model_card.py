@@ -18,17 +18,22 @@ def render_model_card(
     *,
     git_commit: str = "unknown",
     data_hash: str | None = None,
+    machine: dict[str, str] | None = None,
+    precision: dict[str, str] | None = None,
 ) -> str:
-    """Markdown: data, classes, metrics with CIs, per-class and per-group breakdowns, use, limits.
+    """Markdown: data, classes, metrics with CIs, breakdowns, use, limits, reproducibility.
 
     Args:
-        evaluation: ``metrics/evaluate.json`` (``ci`` and ``by_group`` are optional).
+        evaluation: ``metrics/evaluate.json`` (``ci``, ``by_group``, ``seed_spread`` optional).
         params: the run's parameters.
         manifest: the validated manifest (``label``, ``split``, optional ``patient_id``).
         git_commit: the code's commit.
         data_hash: the DVC hash of the data folder.
+        machine: ``machine.*`` and ``package.*`` tags of the machine the run was registered on.
+        precision: what each stage computed in (``train_encoder``: ``32-true``...), as recorded.
     """
     ci = evaluation.get("ci") or {}
+    spread = evaluation.get("seed_spread") or {}
     classes = sorted(evaluation.get("per_class_recall", {}))
     lines = [
         f"# Model card: {params.registry.model_name}",
@@ -54,14 +59,23 @@ def render_model_card(
         "",
         f"## Test metrics (n = {evaluation.get('n', '?')}; 95% bootstrap CI where computed)",
         "",
-        "| metric | value | 95% CI |",
-        "|---|---|---|",
+        "| metric | value | 95% CI |" + (" mean +- std over seeds |" if spread else ""),
+        "|---|---|---|" + ("---|" if spread else ""),
     ]
     for name in HEADLINE:
         if name in evaluation:
             low_high = ci.get(name)
             interval = f"[{low_high[0]:.3f}, {low_high[1]:.3f}]" if low_high else "not computed"
-            lines.append(f"| {name} | {_num(evaluation[name])} | {interval} |")
+            line = f"| {name} | {_num(evaluation[name])} | {interval} |"
+            if spread and name in spread:
+                line += f" {_num(spread[name]['mean'])} +- {_num(spread[name]['std'])} |"
+            lines.append(line)
+    if spread:
+        lines += [
+            "",
+            f"Seeds {', '.join(map(str, spread['seeds']))}: the fusion head retrained with each "
+            "on the same embeddings; their spread is the noise of one training run.",
+        ]
     per_class = evaluation.get("per_class") or {
         c: {"recall": r} for c, r in evaluation.get("per_class_recall", {}).items()
     }
@@ -89,8 +103,57 @@ def render_model_card(
         "",
         *(f"- {limit}" for limit in _limits(evaluation, params)),
         "",
+        *_reproducibility(params, git_commit, data_hash, machine or {}, precision or {}, spread),
     ]
     return "\n".join(lines)
+
+
+def _reproducibility(
+    params: Params,
+    commit: str,
+    data_hash: str | None,
+    machine: dict[str, str],
+    precision: dict[str, str],
+    spread: dict,
+) -> list[str]:
+    """How to get this model's state back, and what a bit-for-bit reproduction must match."""
+    metric = params.registry.metric
+    rows = [
+        ("CPU", machine.get("machine.cpu", "unknown")),
+        ("CPU bf16 kernels", machine.get("machine.bf16", "unknown")),
+        ("GPU", machine.get("machine.gpu", "none")),
+        *((f"{stage} ran in", value) for stage, value in precision.items()),
+        ("torch threads", machine.get("machine.torch_threads", "unknown")),
+        *(
+            (k.removeprefix("package."), v)
+            for k, v in machine.items()
+            if k in ("package.torch", "package.lightning", "package.timm", "package.numpy")
+        ),
+    ]
+    noise = (
+        f"the spread over seeds above ({metric} std {spread[metric]['std']:.3f}) is the size "
+        "of that noise"
+        if metric in spread
+        else "set `evaluate.seeds` to measure the size of that noise"
+    )
+    return [
+        "## Reproducibility",
+        "",
+        f"Code and params at commit `{commit}`, data `{params.data.root}` with DVC hash "
+        f"`{data_hash or 'unknown'}`; seeds `train_encoder.seed` {params.train_encoder.seed}, "
+        f"`train_fusion.seed` {params.train_fusion.seed}, `evaluate.seed` {params.evaluate.seed}. "
+        "`histoflow registry status` names the commit whose `dvc.lock` holds this model's "
+        "outputs: `git checkout <that commit> && dvc checkout` restores them, and `dvc repro "
+        "--force` at it rebuilds them bit for bit on a machine like this one:",
+        "",
+        "| machine | |",
+        "|---|---|",
+        *(f"| {name} | {value} |" for name, value in rows),
+        "",
+        "Another CPU's bf16 kernels (Intel AMX vs AVX-512 BF16) or a GPU give slightly different "
+        f"weights and metrics; {noise}.",
+        "",
+    ]
 
 
 def _limits(evaluation: dict, params: Params) -> list[str]:

@@ -29,6 +29,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from histoflow.config import RegistryConfig
+from histoflow.registry._provenance import commit_with_lock
 from histoflow.registry.mlflow_registry import CHALLENGER, CHAMPION, REGISTRATION
 from histoflow.registry.rules import Decision, Evidence, decide
 from histoflow.registry.tracking import tracking_uri, use_tracking_uri
@@ -46,6 +47,7 @@ HISTORY = "champion.history"  # registered-model tag: JSON list of champion vers
 DECISIONS = "promotion.history"  # model-version tag: JSON list of every decision, oldest first
 _STALE_LOCK_S = 600  # a lock older than this was left by a crashed process
 _TAG_CHARS = 8000  # MLflow's limit on a tag value
+_MD5 = "dvc.md5."  # run tags: the dvc.lock hash of each path (histoflow.registry.registration)
 
 
 class PromotionLockTimeout(TimeoutError):
@@ -80,6 +82,7 @@ def evidence(client: MlflowClient, cfg: RegistryConfig, version: str) -> Evidenc
             for k, v in metrics.items()
             if k.startswith("recall.")
         },
+        seed_std=metrics.get(f"{cfg.metric}.seed_std"),
     )
 
 
@@ -181,8 +184,14 @@ def _already_champion(client: MlflowClient, cfg: RegistryConfig, version: str) -
     )
 
 
-def status(cfg: RegistryConfig, root: Path) -> dict:
-    """Champion and challenger with their metrics and promotion tags, and the champion history."""
+def status(cfg: RegistryConfig, root: Path, *, data_root: str = "data") -> dict:
+    """Champion and challenger with their metrics, provenance and promotion tags; the history.
+
+    Provenance: the commit the run's code and params came from (``git_commit``), the data's DVC
+    hash (``data_hash``, of ``data_root``), and the commit of ``root`` whose ``dvc.lock`` holds
+    exactly the version's hashes (``state_commit``) with the command that restores that state
+    (``checkout``); both None while the run's ``dvc.lock`` is in no commit.
+    """
     client = _client(root)
     out: dict = {"model": cfg.model_name, "tracking_uri": tracking_uri(root)}
     for alias in (CHAMPION, CHALLENGER):
@@ -192,8 +201,10 @@ def status(cfg: RegistryConfig, root: Path) -> dict:
             out[alias] = None
             continue
         run = client.get_run(mv.run_id)
-        m = run.data.metrics
+        m, tags = run.data.metrics, run.data.tags
         recalls = {k.removeprefix("recall."): v for k, v in m.items() if k.startswith("recall.")}
+        hashes = {k.removeprefix(_MD5): v for k, v in tags.items() if k.startswith(_MD5)}
+        state = commit_with_lock(root, hashes)
         out[alias] = {
             "version": str(mv.version),
             cfg.metric: m.get(cfg.metric),
@@ -202,8 +213,12 @@ def status(cfg: RegistryConfig, root: Path) -> dict:
             else None,
             "min_class_recall": min(recalls.values()) if recalls else None,
             "accuracy": m.get("accuracy"),
+            "seed_std": m.get(f"{cfg.metric}.seed_std"),
             "run_id": mv.run_id,
-            "git_commit": run.data.tags.get("git_commit"),
+            "git_commit": tags.get("git_commit"),
+            "data_hash": hashes.get(data_root),
+            "state_commit": state,
+            "checkout": None if state is None else f"git checkout {state} && dvc checkout",
             **{k: v for k, v in mv.tags.items() if k.startswith(("promotion.", "rollback."))},
         }
     out["history"] = _history(client, cfg)

@@ -13,6 +13,7 @@ from pathlib import Path
 from histoflow import dvc
 from histoflow.config import Params
 from histoflow.data.manifest import read_manifest
+from histoflow.registry._provenance import environment_tags, machine_tags
 from histoflow.registry.mlflow_registry import log_and_register, registered_version_with
 from histoflow.registry.model_card import render_model_card
 from histoflow.registry.promotion import promote
@@ -125,6 +126,8 @@ def register_run(run: TrainingRun, params: Params) -> Registration:
         manifest,
         git_commit=commit,
         data_hash=hashes.get(str(params.data.root)) or dvc.data_hash(run.root),
+        machine={**machine_tags(), **environment_tags()},
+        precision=_precision(run),
     )
     version = log_and_register(
         run.root,
@@ -154,6 +157,20 @@ def register_run(run: TrainingRun, params: Params) -> Registration:
         champion_value=decision.champion_value,
         metrics=metrics,
     )
+
+
+def _precision(run: TrainingRun) -> dict[str, str]:
+    """What the encoder trained in and the features were computed in, as the models record."""
+    from histoflow.models.checkpoint import read_model_json  # torch: only when registering
+
+    trained = read_model_json(run.encoder).get("trained_with") or {}
+    features = read_model_json(run.fusion).get("features_precision") or {}
+    out = {}
+    if trained:
+        out["train_encoder"] = f"{trained.get('precision')} on {trained.get('device')}"
+    if features:
+        out["embed"] = f"image {features.get('image')}, text {features.get('text')}"
+    return out
 
 
 def _classes(fusion: Path) -> list[str]:

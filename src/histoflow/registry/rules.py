@@ -5,7 +5,10 @@ Rules (``params.yaml`` ``registry``), checked in this order:
 1. ``floor``: no class recall of the challenger below ``min_class_recall``;
 2. ``margin``: the challenger's ``metric`` beats the champion's by more than ``min_improvement``;
 3. ``ci``: where the challenger has a CI for ``metric`` (``evaluate.json`` ``ci``), its lower
-   bound is not below the champion's point value (skipped, and said so, without one).
+   bound is not below the champion's point value (skipped, and said so, without one);
+4. ``noise``: where a spread over seeds was recorded (``evaluate.seeds``), the gain over the
+   champion exceeds ``noise_factor`` x the seed std of ``metric`` (the larger of the two
+   versions' where both have one): a gain within the noise of one training run is chance.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ class Evidence:
     value: float
     ci: tuple[float, float] | None
     class_recall: dict[str, float]
+    seed_std: float | None = None  # std of the metric over evaluate.seeds, where recorded
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,7 @@ def decide(challenger: Evidence, champion: Evidence | None, cfg: RegistryConfig)
     else:
         checks["floor"] = f"pass: every class recall >= {cfg.min_class_recall}"
     if champion is None:
-        checks["margin"] = checks["ci"] = "skipped: no champion yet"
+        checks["margin"] = checks["ci"] = checks["noise"] = "skipped: no champion yet"
     else:
         against = f"champion v{champion.version} {champion.value:.4f}"
         beats = challenger.value > champion.value + cfg.min_improvement
@@ -79,6 +83,9 @@ def decide(challenger: Evidence, champion: Evidence | None, cfg: RegistryConfig)
                 failures.append(
                     f"{cfg.metric} 95% CI lower bound {challenger.ci[0]:.4f} is below {against}"
                 )
+        checks["noise"], failure = _noise(challenger, champion, cfg)
+        if failure:
+            failures.append(failure)
     if failures:
         reason = "; ".join(failures)
     elif champion is None:
@@ -88,6 +95,7 @@ def decide(challenger: Evidence, champion: Evidence | None, cfg: RegistryConfig)
             f"{cfg.metric} {challenger.value:.4f} beats champion v{champion.version} "
             f"{champion.value:.4f} + margin {cfg.min_improvement}"
             + (f" (CI lower bound {challenger.ci[0]:.4f})" if "pass" in checks["ci"] else "")
+            + (f" ({checks['noise'].removeprefix('pass: ')})" if "pass" in checks["noise"] else "")
         )
     return Decision(
         challenger.version,
@@ -98,4 +106,23 @@ def decide(challenger: Evidence, champion: Evidence | None, cfg: RegistryConfig)
         None if champion is None else champion.value,
         None if champion is None else champion.version,
         checks,
+    )
+
+
+def _noise(challenger: Evidence, champion: Evidence, cfg: RegistryConfig) -> tuple[str, str | None]:
+    """The ``noise`` rule's check and, when it fails, the reason."""
+    if cfg.noise_factor == 0:
+        return "skipped: registry.noise_factor is 0", None
+    stds = [e.seed_std for e in (challenger, champion) if e.seed_std is not None]
+    if not stds:
+        return "skipped: no spread over seeds recorded (evaluate.seeds)", None
+    std, gain = max(stds), challenger.value - champion.value
+    need = cfg.noise_factor * std
+    verdict = f"gain {gain:+.4f} vs {cfg.noise_factor:g} x seed std {std:.4f} = {need:.4f}"
+    if gain > need:
+        return f"pass: {verdict}", None
+    return (
+        f"fail: {verdict}",
+        f"{cfg.metric} gain {gain:+.4f} over champion v{champion.version} is within the noise "
+        f"of training: {cfg.noise_factor:g} x seed std {std:.4f} = {need:.4f}",
     )

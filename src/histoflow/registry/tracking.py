@@ -31,6 +31,9 @@ __all__ = [
 
 T = TypeVar("T")
 
+# What a pipeline run writes into git-tracked files (git pathspecs): not a change of its inputs.
+_WRITTEN = (":(exclude)dvc.lock", ":(exclude)metrics")
+
 
 class RegistryUnavailable(RuntimeError):
     """The tracking server could not be reached after every retry."""
@@ -126,8 +129,9 @@ def with_retries(fn: Callable[[], T], cfg: RegistryConfig, what: str, uri: str) 
 def evaluation_metrics(evaluation: dict) -> dict[str, float]:
     """The MLflow metrics of an evaluation (``metrics/evaluate.json``'s content).
 
-    Its numbers as they are, each class's recall as ``recall.<class>`` and each CI as
-    ``<metric>.ci_low`` / ``<metric>.ci_high``: what promotion and ``registry status`` read.
+    Its numbers as they are, each class's recall as ``recall.<class>``, each CI as
+    ``<metric>.ci_low`` / ``<metric>.ci_high`` and, with ``evaluate.seeds``, each spread as
+    ``<metric>.seed_mean`` / ``<metric>.seed_std``: what promotion and ``registry status`` read.
     """
     metrics = {
         k: float(v)
@@ -139,6 +143,10 @@ def evaluation_metrics(evaluation: dict) -> dict[str, float]:
     for name, bounds in (evaluation.get("ci") or {}).items():  # {metric: [low, high]}
         if isinstance(bounds, list | tuple) and len(bounds) == 2 and None not in bounds:
             metrics[f"{name}.ci_low"], metrics[f"{name}.ci_high"] = map(float, bounds)
+    for name, spread in (evaluation.get("seed_spread") or {}).items():  # {metric: {mean, std}}
+        if isinstance(spread, dict):
+            metrics[f"{name}.seed_mean"] = float(spread["mean"])
+            metrics[f"{name}.seed_std"] = float(spread["std"])
     return metrics
 
 
@@ -155,13 +163,17 @@ def flatten_params(d: dict, prefix: str = "") -> dict[str, str]:
 
 
 def git_commit(root: Path) -> str:
-    """The current commit of ``root``, with ``-dirty`` when the work tree has changes."""
+    """The current commit of ``root``, with ``-dirty`` when tracked inputs have changed.
+
+    ``dvc.lock`` and ``metrics/`` are the pipeline's own git-tracked outputs: a run rewrites
+    them, so their changes say nothing about the code, params and data pointers it ran from.
+    """
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *_WRITTEN],
             cwd=root,
             capture_output=True,
             text=True,

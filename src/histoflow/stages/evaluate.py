@@ -104,6 +104,8 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     if p.cross_group is not None:
         y_all = torch.tensor([classes.index(c) for c in index["label"]])
         metrics["cross_group"] = _cross_group(cfg, tensors, index, y_all, len(classes))
+    if p.seeds:
+        metrics["seed_spread"] = _seed_spread(cfg, tensors, index, classes)
 
     predictions = _predictions(table, probs, unc, classes, y_true, groups + extra)
     with atomic_path(outputs.predictions) as tmp:
@@ -140,6 +142,8 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
 
 def _cross_group(cfg: Params, tensors: dict, index: pd.DataFrame, y_all, num_classes: int) -> dict:
     """The cross-group protocol: a fusion head trained on one group, scored on every group."""
+    from functools import partial
+
     from histoflow.models.ablations import create_classifier
     from histoflow.models.fusion import FusionConfig
     from histoflow.training.fusion import fit_on_group
@@ -152,9 +156,8 @@ def _cross_group(cfg: Params, tensors: dict, index: pd.DataFrame, y_all, num_cla
         cfg.train_fusion, num_classes=num_classes, **feature_dims(tensors)
     )
     split = index["split"].to_numpy()
-    net = fit_on_group(
-        create_classifier("fusion", net_cfg), tensors, y_all, split, home, cfg.train_fusion
-    ).net
+    build = partial(create_classifier, "fusion", net_cfg)
+    net = fit_on_group(build, tensors, y_all, split, home, cfg.train_fusion).net
     test = split == "test"
     probs, _ = _score(net, tensors, test, p.batch_size)
     return {
@@ -171,6 +174,27 @@ def _cross_group(cfg: Params, tensors: dict, index: pd.DataFrame, y_all, num_cla
             bins=p.ece_bins,
         ),
     }
+
+
+def _seed_spread(cfg: Params, tensors: dict, index: pd.DataFrame, classes: list[str]) -> dict:
+    """The deployed configuration retrained with each of ``evaluate.seeds``: mean and std."""
+    from histoflow.evaluation.seeds import seed_spread
+    from histoflow.models.fusion import FusionConfig
+
+    net_cfg = FusionConfig.from_params(
+        cfg.train_fusion, num_classes=len(classes), **feature_dims(tensors)
+    )
+    p = cfg.evaluate
+    return seed_spread(
+        tensors,
+        index,
+        classes,
+        net_cfg,
+        cfg.train_fusion,
+        p.seeds,
+        batch_size=p.batch_size,
+        bins=p.ece_bins,
+    )
 
 
 def _score(net, tensors, rows: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -290,7 +314,8 @@ def _eval_json(metrics: dict, breakdowns: dict) -> dict:
         for k in (*HEADLINE, "n", "per_class", "by_group", "ci", "ablations", "bootstrap")
     }
     saved["per_class_recall"] = {c: v["recall"] for c, v in metrics["per_class"].items()}
-    if "cross_group" in metrics:
-        saved["cross_group"] = metrics["cross_group"]
+    for optional in ("cross_group", "seed_spread"):
+        if optional in metrics:
+            saved[optional] = metrics[optional]
     saved["breakdowns"] = breakdowns  # for the report; breakdowns.csv holds it as a table
     return saved

@@ -58,7 +58,8 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     from histoflow.models.checkpoint import save_model
     from histoflow.models.encoder import create_encoder_from_params, encoder_description
     from histoflow.training.checkpoints import fingerprint, mark_complete
-    from histoflow.training.encoder import fit_encoder, seed
+    from histoflow.training.encoder import fit_encoder
+    from histoflow.training.reproducibility import seed
 
     p = cfg.train_encoder
     seed(p.seed)  # before the network is built: its initial weights come from the seed
@@ -96,6 +97,11 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
             "crop_to_foreground": p.crop_to_foreground,
             # The model refuses larger inputs at inference too (predict, pyfunc, monitoring).
             "max_pixels": cfg.data.max_pixels,
+            # Where bf16 kernels differ (another CPU, a GPU), so do the weights: the card says.
+            "trained_with": {
+                "precision": fit.metrics["precision"],
+                "device": fit.metrics["device"],
+            },
         },
     )
     with atomic_path(outputs.history) as tmp:

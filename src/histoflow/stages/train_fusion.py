@@ -42,6 +42,8 @@ class Outputs:
 def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     """Train on the train split, stop early on validation macro recall, keep the best epoch."""
     # torch and Lightning load here, not at import: flows read Outputs without paying for them.
+    from functools import partial
+
     import pandas as pd
     import torch
 
@@ -65,11 +67,17 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         "max_text_tokens": int(meta["max_text_tokens"]),
         "token_grid": int(meta["token_grid"]),
         "captioner": json.loads(meta["captioner"]),
+        # The precision embed ran at (bf16 features differ from float32 ones): the card says.
+        "features_precision": {
+            "image": meta.get("image_precision", "unknown"),
+            "text": meta.get("text_precision", "unknown"),
+        },
     }
 
     results = {}
     for kind in ("fusion", *p.ablations):
-        results[kind] = fit_classifier(create_classifier(kind, net_cfg), train, val, p)
+        # Built inside, after seeding: each variant starts from the seed, whatever ran before.
+        results[kind] = fit_classifier(partial(create_classifier, kind, net_cfg), train, val, p)
 
     # Ablations first: if the fusion model's write failed, the last good model stays in place.
     with atomic_dir(outputs.ablations) as tmp:

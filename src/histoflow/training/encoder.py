@@ -38,6 +38,7 @@ from histoflow.training.checkpoints import (
 )
 from histoflow.training.loggers import create_training_logger
 from histoflow.training.modules import EncoderClassifier
+from histoflow.training.reproducibility import DETERMINISTIC
 
 __all__ = [
     "MONITOR",
@@ -45,7 +46,6 @@ __all__ = [
     "build_module",
     "build_trainer",
     "fit_encoder",
-    "seed",
     "train_loader",
 ]
 
@@ -69,11 +69,6 @@ class EncoderFit:
     history: list[dict]
     metrics: dict
     is_global_zero: bool
-
-
-def seed(value: int) -> None:
-    """Seed Python, numpy and torch (and DataLoader workers) before anything random is built."""
-    L.seed_everything(value, workers=True, verbose=False)
 
 
 def fit_encoder(
@@ -236,7 +231,7 @@ def build_trainer(
         "plugins": [AtomicCheckpointIO()],
         "enable_model_summary": False,
         "num_sanity_val_steps": 0,
-        "deterministic": False,
+        "deterministic": DETERMINISTIC,
     }
     return L.Trainer(**(options | overrides))
 

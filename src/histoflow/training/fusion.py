@@ -7,6 +7,7 @@ protocol (:func:`fit_on_group`), so every variant is trained by the same recipe.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import lightning as L
@@ -19,6 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from histoflow.config import TrainFusionConfig
 from histoflow.training.callbacks import EpochProgress, History, quiet_lightning
 from histoflow.training.modules import FusionClassifier
+from histoflow.training.reproducibility import DETERMINISTIC, seed
 
 __all__ = ["FitResult", "feature_dataset", "fit_classifier", "fit_on_group"]
 
@@ -45,9 +47,22 @@ def feature_dataset(tensors: dict[str, torch.Tensor], y: torch.Tensor, rows) -> 
 
 
 def fit_classifier(
-    net: nn.Module, train: TensorDataset, val: TensorDataset, p: TrainFusionConfig
+    build: Callable[[], nn.Module], train: TensorDataset, val: TensorDataset, p: TrainFusionConfig
 ) -> FitResult:
-    """Train ``net`` with :class:`FusionClassifier`; keep the epoch with the best val macro recall.
+    """Train ``build()`` with :class:`FusionClassifier`; keep the epoch with the best val recall.
+
+    Deterministic on CPU for the same rows and ``p``: the network is built only after
+    ``p.seed`` is set, so its initial weights come from the seed too (a network built before
+    would take torch's per-process random seed), the batch order has its own generator, and
+    Lightning runs torch's deterministic algorithms
+    (:data:`~histoflow.training.reproducibility.DETERMINISTIC`).
+
+    Args:
+        build: makes the untrained network (e.g. ``partial(create_classifier, kind, cfg)``).
+        train: the training rows (:func:`feature_dataset`).
+        val: the validation rows, for early stopping and the best epoch.
+        p: the recipe; ``p.seed`` seeds everything random (``p.model_copy(update=...)`` for
+            another seed).
 
     Raises:
         ValueError: when the training or validation set is empty.
@@ -58,7 +73,8 @@ def fit_classifier(
             "each needs at least one image"
         )
     quiet_lightning()
-    L.seed_everything(p.seed, verbose=False)
+    seed(p.seed)
+    net = build()
     num_classes = net.cfg.num_classes
     module = FusionClassifier(
         net, num_classes, lr=p.lr, weight_decay=p.weight_decay, epochs=p.epochs
@@ -78,10 +94,12 @@ def fit_classifier(
             enable_model_summary=False,
             enable_checkpointing=True,
             num_sanity_val_steps=0,
+            deterministic=DETERMINISTIC,
         )
+        order = torch.Generator().manual_seed(p.seed)  # the batch order, whatever else drew
         trainer.fit(
             module,
-            DataLoader(train, batch_size=p.batch_size, shuffle=True),
+            DataLoader(train, batch_size=p.batch_size, shuffle=True, generator=order),
             DataLoader(val, batch_size=256),
         )
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
@@ -99,17 +117,17 @@ def _kind(net: nn.Module) -> str:
 
 
 def fit_on_group(
-    net: nn.Module,
+    build: Callable[[], nn.Module],
     tensors: dict[str, torch.Tensor],
     y: torch.Tensor,
     split: np.ndarray,
     home: np.ndarray,
     p: TrainFusionConfig,
 ) -> FitResult:
-    """Train ``net`` on the train/val rows of one group only (the cross-group protocol).
+    """Train ``build()`` on the train/val rows of one group only (the cross-group protocol).
 
     Args:
-        net: a freshly built network.
+        build: makes the untrained network (called after seeding, see :func:`fit_classifier`).
         tensors: the feature store's tensors (all rows).
         y: (N,) class indices of all rows.
         split: (N,) each row's split name.
@@ -118,4 +136,4 @@ def fit_on_group(
     """
     train = feature_dataset(tensors, y, home & (split == "train"))
     val = feature_dataset(tensors, y, home & (split == "val"))
-    return fit_classifier(net, train, val, p)
+    return fit_classifier(build, train, val, p)
