@@ -19,6 +19,7 @@ from PIL import Image
 from histoflow.captions import create_captioner
 from histoflow.captions.text import TextEncoder
 from histoflow.data.images import DEFAULT_MAX_PIXELS, ImageTooLarge, load_rgb
+from histoflow.data.stain_normalization import create_stain_normalizer
 from histoflow.data.transforms import create_transform
 from histoflow.device import autocast, pick_device, use_bf16
 from histoflow.models.checkpoint import load_encoder, load_fusion
@@ -42,10 +43,14 @@ class ImageEmbedder:
         # Inputs with more pixels are refused before decoding: the limit the model was trained
         # with (data.max_pixels, in its model.json), so serving needs no params.yaml.
         self.max_pixels = int(self.meta.get("max_pixels", DEFAULT_MAX_PIXELS))
+        # The stain target fitted on the training split (model.json), so every caller
+        # (embed, predict, pyfunc, serving, monitoring) normalises as training did.
+        self.stain = create_stain_normalizer(self.meta.get("stain_normalization"))
         self.transform = create_transform(
             self.meta["image_size"],
             train=False,
             crop_to_foreground=self.meta.get("crop_to_foreground", False),
+            stain=self.stain,
         )
 
     @torch.inference_mode()
