@@ -117,6 +117,18 @@ class Predictor:
         captioner = create_captioner(meta.get("captioner", {"backend": "morphology"}))
         return cls(embedder, fusion, text, captioner, list(meta["classes"]))
 
+    def tokens(
+        self, images: Sequence[Image.Image]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What the fusion heads read: image tokens (B, T, D), text tokens (B, L, E), mask (B, L).
+
+        The images are captioned and embedded as :meth:`predict` does (evaluate's robustness
+        certificate scores the fusion model and its ablations on them).
+        """
+        text = self.text.encode(_caption(self.captioner, list(images)))
+        _, image_tokens = self.embedder.embed_images(images)
+        return image_tokens, text.tokens, text.mask
+
     def predict(self, images: Sequence[Image.Image], batch_size: int = 64) -> pd.DataFrame:
         """One row per image: ``label``, ``confidence``, ``uncertainty``, ``prob_<class>``, ``caption``."""
         return self.predict_with_embeddings(images, batch_size)[0]

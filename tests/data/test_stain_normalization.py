@@ -48,9 +48,12 @@ def test_normalising_a_shifted_batch_brings_its_stain_back(tiny_data, shifted, m
     before = float((_stain_stats(shifted) - _stain_stats(reference)).norm())
     after = float((_stain_stats(normalised) - _stain_stats(reference)).norm())
     assert after < 0.7 * before, f"{method}: stain distance {before:.3f} -> {after:.3f}"
-    assert all(n.dtype == torch.uint8 and n.shape == t.shape for n, t in zip(normalised, shifted))
+    assert all(
+        n.dtype == torch.uint8 and n.shape == t.shape
+        for n, t in zip(normalised, shifted, strict=True)
+    )
     # The fat tiles (almost no stain) pass through unchanged, and are counted.
-    unchanged = sum(torch.equal(n, t) for n, t in zip(normalised, shifted))
+    unchanged = sum(torch.equal(n, t) for n, t in zip(normalised, shifted, strict=True))
     assert 0 < normalizer.n_passed_through == unchanged < len(shifted)
 
 

@@ -24,6 +24,7 @@ from histoflow.evaluation.report import write_report
 from histoflow.io import atomic_path
 from histoflow.metrics import (
     HEADLINE,
+    WORST_CASE,
     bootstrap_ci,
     bootstrap_weights,
     classification_metrics,
@@ -106,6 +107,9 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         metrics["cross_group"] = _cross_group(cfg, tensors, index, y_all, len(classes))
     if p.seeds:
         metrics["seed_spread"] = _seed_spread(cfg, tensors, index, classes)
+    if p.robustness is not None:
+        metrics["robustness"] = _robustness(cfg, inputs, table, y_true, weights)
+        metrics[WORST_CASE] = metrics["robustness"]["worst"]["macro_recall"]
 
     predictions = _predictions(table, probs, unc, classes, y_true, groups + extra)
     with atomic_path(outputs.predictions) as tmp:
@@ -124,6 +128,12 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         _histories(inputs),
         bins=p.ece_bins,
     )
+    if "robustness" in metrics:
+        from histoflow.evaluation.robustness_report import plot_robustness
+
+        # Copied with the other plots; the report's robustness section shows it.
+        plot_robustness(metrics["robustness"], outputs.plots / "robustness.png")
+        pngs = [*pngs, outputs.plots / "robustness.png"]
     with tempfile.TemporaryDirectory(prefix="histoflow-explain-") as panel_dir:
         panels = _explain(cfg, inputs, net, meta, tensors, test, predictions, Path(panel_dir))
         saved = _eval_json(metrics, breakdowns)
@@ -174,6 +184,38 @@ def _cross_group(cfg: Params, tensors: dict, index: pd.DataFrame, y_all, num_cla
             bins=p.ece_bins,
         ),
     }
+
+
+def _robustness(cfg: Params, inputs: Inputs, table: pd.DataFrame, y_true, weights) -> dict:
+    """The robustness certificate of the fusion model and its ablations (worst case: fusion's)."""
+    from functools import partial
+
+    from histoflow.data.images import load_rgb
+    from histoflow.evaluation.robustness import certificate, worst_case
+    from histoflow.inference import Predictor, fuse
+    from histoflow.models.ablations import load_classifier
+
+    p = cfg.evaluate.robustness
+    predictor = Predictor.from_folders(inputs.encoder, inputs.fusion)
+    models = {"fusion": predictor.fusion}
+    models |= {kind: load_classifier(d)[0] for kind, d in _ablation_folders(inputs.ablations)}
+    paths = table["path"].tolist()
+    limit = predictor.embedder.max_pixels
+    result = certificate(
+        predictor.tokens,
+        {
+            name: partial(fuse, net, batch_size=cfg.evaluate.batch_size)
+            for name, net in models.items()
+        },
+        lambda i: load_rgb(Path(inputs.data) / paths[i], max_pixels=limit),
+        y_true,
+        p.conditions(),
+        weights=weights,
+        seed=p.seed,
+        batch_size=p.batch_size,
+    )
+    result["worst"] = worst_case(result["models"]["fusion"])
+    return result
 
 
 def _seed_spread(cfg: Params, tensors: dict, index: pd.DataFrame, classes: list[str]) -> dict:
@@ -314,7 +356,7 @@ def _eval_json(metrics: dict, breakdowns: dict) -> dict:
         for k in (*HEADLINE, "n", "per_class", "by_group", "ci", "ablations", "bootstrap")
     }
     saved["per_class_recall"] = {c: v["recall"] for c, v in metrics["per_class"].items()}
-    for optional in ("cross_group", "seed_spread"):
+    for optional in ("cross_group", "seed_spread", "robustness", WORST_CASE):
         if optional in metrics:
             saved[optional] = metrics[optional]
     saved["breakdowns"] = breakdowns  # for the report; breakdowns.csv holds it as a table
