@@ -32,7 +32,7 @@ class RobustnessConfig(Section):
     blur: tuple[float, ...] = (1.0, 2.0)  # Gaussian blur radius, pixels of the stored image
     rescale: tuple[float, ...] = (0.5, 2.0)  # magnification change (zoom factor)
     seed: int = 0  # of the stain shifts
-    batch_size: int = Field(64, ge=1)  # test images decoded, perturbed and embedded at a time
+    batch_size: int = Field(16, ge=1)  # test images at a time, each embedded x conditions
 
     @field_validator("jpeg")
     @classmethod

@@ -112,7 +112,8 @@ def certificate(
         conditions: (perturbation, strength) pairs.
         weights: (R, N) bootstrap resample counts, shared with the clean evaluation.
         seed: of the stain shifts (image ``i`` draws from ``[seed, i]``).
-        batch_size: images decoded, perturbed and embedded at a time.
+        batch_size: test images decoded at a time; each is embedded under every condition in
+            one pass (batch_size x conditions images).
 
     Returns:
         ``{"n", "seconds", "seconds_per_condition", "models": {model: {"clean": row,
@@ -124,15 +125,16 @@ def certificate(
     n = len(y_true)
     for s in range(0, n, batch_size):
         batch = [load(i) for i in range(s, min(n, s + batch_size))]
-        for kind, strength in keys:
-            images = (
-                batch
-                if kind == "clean"
-                else [perturb(im, kind, strength, seed=[seed, s + j]) for j, im in enumerate(batch)]
-            )
-            tokens = features(images)
-            for name, score in models.items():
-                probs[name, (kind, strength)].append(score(*tokens)[0])
+        images = [
+            im if kind == "clean" else perturb(im, kind, strength, seed=[seed, s + j])
+            for kind, strength in keys
+            for j, im in enumerate(batch)
+        ]
+        tokens = features(images)  # every condition of the batch in one pass: (K * B, ...)
+        for name, score in models.items():
+            batch_probs = score(*tokens)[0].reshape(len(keys), len(batch), -1)  # (K, B, C)
+            for k, key in enumerate(keys):
+                probs[name, key].append(batch_probs[k])
     out = {"n": n, "conditions": [list(k) for k in conditions], "models": {}}
     for name in models:
         rows = {}
