@@ -38,7 +38,13 @@ TINY = {
         "batch_size": 64,
         "bootstrap": 200,
         # One stain shift runs the certificate's whole path; every condition costs a re-embed.
-        "robustness": {"stain": [0.5], "jpeg": [], "blur": [], "rescale": []},
+        "robustness": {
+            "stain": [0.5],
+            "jpeg": [],
+            "blur": [],
+            "rescale": [],
+            "leave_one_group_out": None,  # three more heads to train
+        },
     },
 }
 # The synthetic dataset those params are sized for (histoflow.data.synthetic.generate kwargs).

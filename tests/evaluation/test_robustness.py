@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -82,7 +83,6 @@ def test_stain_augmentation_shrinks_the_stain_shift_drop(tiny_data):
     The training transforms, network factory and perturbation are histoflow's own; the loop is a
     plain one (about 10 s per model), where the Lightning stage would cost a minute per model.
     """
-    import pandas as pd
     import torch.nn.functional as F
 
     from histoflow.config import AugmentConfig, TrainEncoderConfig
@@ -126,3 +126,52 @@ def test_stain_augmentation_shrinks_the_stain_shift_drop(tiny_data):
 
     without, with_jitter = drop(0.0, 0.0), drop(0.5, 0.1)
     assert without < with_jitter - 0.15, (without, with_jitter)
+
+
+def test_leave_one_group_out_finds_the_site_the_others_do_not_prepare_for():
+    """Sites a and b share a feature space; site c's image features are scrambled."""
+    from histoflow.config import TrainFusionConfig
+    from histoflow.evaluation.leave_one_out import leave_one_group_out
+    from histoflow.models.fusion import FusionConfig
+
+    g = torch.Generator().manual_seed(0)
+    n, per_site = 144, 48
+    y = torch.arange(n) % 3
+    site = np.repeat(["site_a", "site_b", "site_c"], per_site)
+    centres = torch.randn(3, 8, generator=g) * 3
+    image = centres[y] + torch.randn(n, 8, generator=g) * 0.5  # (N, D)
+    c = torch.from_numpy(site == "site_c")
+    image[c] = image[c][:, torch.randperm(8, generator=g)]  # another scanner: features move
+    tensors = {
+        "image_tokens": image[:, None, :].repeat(1, 2, 1),  # (N, 2, D)
+        "text_tokens": torch.zeros(n, 2, 4),
+        "text_mask": torch.ones(n, 2, dtype=torch.bool),
+    }
+    split = np.array(["train", "train", "val", "test"] * (n // 4))
+    index = pd.DataFrame({"split": split, "site": site})
+    p = TrainFusionConfig(width=16, layers=1, heads=2, classifier_heads=1, epochs=6, batch_size=16)
+    net_cfg = FusionConfig.from_params(p, image_dim=8, text_dim=4, image_tokens=2, num_classes=3)
+    test = split == "test"
+    clean = np.eye(3)[y[test].numpy()]  # a deployed model that knew every site: all correct
+    result = leave_one_group_out(tensors, index, y, "site", clean, net_cfg, p, resamples=50, seed=0)
+    groups = result["groups"]
+    assert set(groups) == {"site_a", "site_b", "site_c"}
+    assert groups["site_c"]["n"] == per_site // 4 and groups["site_c"]["n_train"] == 48
+    assert groups["site_c"]["drop"] < groups["site_a"]["drop"] - 0.2, groups
+    rows = {"clean": {"macro_recall": 1.0, "ci": [1, 1], "drop": 0.0}}
+    worst = worst_case(rows, result)
+    assert worst["perturbation"] == "leave_out:site" and worst["strength"] == "site_c"
+    section = robustness_section(
+        {
+            "n": 36,
+            "models": {"fusion": rows},
+            "worst": worst,
+            "seconds": 1.0,
+            "seconds_per_condition": 1.0,
+            "leave_one_group_out": result,
+        }
+    )
+    assert "Leave one site out" in section and "site_c" in section
+    assert leave_one_group_out(
+        tensors, index, y, "scanner", clean, net_cfg, p, resamples=50, seed=0
+    ) == {"column": "scanner", "skipped": "the manifest has no column 'scanner'"}

@@ -32,6 +32,9 @@ class RobustnessConfig(Section):
     blur: tuple[float, ...] = (1.0, 2.0)  # Gaussian blur radius, pixels of the stored image
     rescale: tuple[float, ...] = (0.5, 2.0)  # magnification change (zoom factor)
     seed: int = 0  # of the stain shifts
+    # A manifest column (site, scanner, magnification): a head trained without each group is
+    # scored on that group's test images. null = off; a column the manifest lacks is skipped.
+    leave_one_group_out: str | None = "site"
     batch_size: int = Field(16, ge=1)  # test images at a time, each embedded x conditions
 
     @field_validator("jpeg")

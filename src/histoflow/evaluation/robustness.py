@@ -155,14 +155,22 @@ def certificate(
     return out
 
 
-def worst_case(model_rows: dict) -> dict:
-    """The condition with the lowest macro recall among one model's rows (clean included)."""
+def worst_case(model_rows: dict, held_out: dict | None = None) -> dict:
+    """The condition with the lowest macro recall among one model's rows (clean included).
+
+    ``held_out`` (:func:`~histoflow.evaluation.leave_one_out.leave_one_group_out`'s result)
+    adds each held-out group as a condition ``leave_out:<column>`` of strength ``<group>``.
+    """
     candidates = [("clean", None, model_rows["clean"])] + [
         (kind, strength, row)
         for kind, by_strength in model_rows.items()
         if kind != "clean"
         for strength, row in by_strength.items()
     ]
+    if held_out and "groups" in held_out:
+        candidates += [
+            (f"leave_out:{held_out['column']}", g, row) for g, row in held_out["groups"].items()
+        ]
     kind, strength, row = min(candidates, key=lambda c: c[2]["macro_recall"])
     return {"perturbation": kind, "strength": strength, **row}
 

@@ -5,11 +5,6 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt
-
 from histoflow.io import atomic_path
 
 __all__ = ["plot_robustness", "robustness_section"]
@@ -39,6 +34,8 @@ def _curves(model_rows: dict) -> dict[str, list[tuple[float, dict]]]:
 
 def plot_robustness(robustness: dict, path: Path) -> Path:
     """Macro recall vs strength, one panel per perturbation, one line per model (CI: fusion)."""
+    from histoflow.evaluation.plots import plt  # matplotlib set up for files (Agg)
+
     models = robustness["models"]
     kinds = list(_curves(models["fusion"]))
     fig, axes = plt.subplots(1, len(kinds), figsize=(3.4 * len(kinds), 3.2), squeeze=False)
@@ -105,4 +102,32 @@ def robustness_section(robustness: dict | None) -> str:
         "condition).</p>"
         f"<table><tr><th>condition</th>{head}</tr>{''.join(body)}</table>"
         '<img src="img/robustness.png" alt="macro recall vs perturbation strength">'
+        + _held_out(robustness.get("leave_one_group_out"))
+    )
+
+
+def _held_out(logo: dict | None) -> str:
+    """The leave-one-group-out table: each group scored by a head that never saw it."""
+    if not logo:
+        return ""
+    column = html.escape(logo["column"])
+    if "skipped" in logo:
+        return f"<h3>Leave one {column} out</h3><p>Skipped: {html.escape(logo['skipped'])}.</p>"
+    rows = "".join(
+        f"<tr><td>{html.escape(g)}</td><td>{r['n']}</td><td>{r['n_train']}</td>"
+        f"<td>{r['macro_recall']:.3f}"
+        + (
+            f' <span class="ci">[{r["ci"][0]:.3f}, {r["ci"][1]:.3f}]</span>'
+            if r["ci"][0] is not None
+            else ""
+        )
+        + f"</td><td>{r['clean_macro_recall']:.3f}</td><td>{r['drop']:+.3f}</td></tr>"
+        for g, r in logo["groups"].items()
+    )
+    return (
+        f"<h3>Leave one {column} out</h3><p>A fusion head with the deployed configuration, "
+        f"trained without the {column}'s images, scored on its test images; the drop is from "
+        "the deployed model (trained on every group) on the same images.</p>"
+        f"<table><tr><th>held out</th><th>n test</th><th>n train</th><th>macro recall [95% CI]</th>"
+        f"<th>deployed model</th><th>drop</th></tr>{rows}</table>"
     )

@@ -108,7 +108,17 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     if p.seeds:
         metrics["seed_spread"] = _seed_spread(cfg, tensors, index, classes)
     if p.robustness is not None:
+        from histoflow.evaluation.robustness import worst_case
+
         metrics["robustness"] = _robustness(cfg, inputs, table, y_true, weights)
+        if p.robustness.leave_one_group_out:
+            metrics["robustness"]["leave_one_group_out"] = _leave_one_group_out(
+                cfg, tensors, index, classes, probs
+            )
+        metrics["robustness"]["worst"] = worst_case(
+            metrics["robustness"]["models"]["fusion"],
+            metrics["robustness"].get("leave_one_group_out"),
+        )
         metrics[WORST_CASE] = metrics["robustness"]["worst"]["macro_recall"]
 
     predictions = _predictions(table, probs, unc, classes, y_true, groups + extra)
@@ -191,7 +201,7 @@ def _robustness(cfg: Params, inputs: Inputs, table: pd.DataFrame, y_true, weight
     from functools import partial
 
     from histoflow.data.images import load_rgb
-    from histoflow.evaluation.robustness import certificate, worst_case
+    from histoflow.evaluation.robustness import certificate
     from histoflow.inference import Predictor, fuse
     from histoflow.models.ablations import load_classifier
 
@@ -214,8 +224,31 @@ def _robustness(cfg: Params, inputs: Inputs, table: pd.DataFrame, y_true, weight
         seed=p.seed,
         batch_size=p.batch_size,
     )
-    result["worst"] = worst_case(result["models"]["fusion"])
     return result
+
+
+def _leave_one_group_out(cfg: Params, tensors, index, classes, clean_probs) -> dict:
+    """Heads trained without each group of ``evaluate.robustness.leave_one_group_out``."""
+    import torch
+
+    from histoflow.evaluation.leave_one_out import leave_one_group_out
+    from histoflow.models.fusion import FusionConfig
+
+    net_cfg = FusionConfig.from_params(
+        cfg.train_fusion, num_classes=len(classes), **feature_dims(tensors)
+    )
+    return leave_one_group_out(
+        tensors,
+        index,
+        torch.tensor([classes.index(c) for c in index["label"]]),
+        cfg.evaluate.robustness.leave_one_group_out,
+        clean_probs,
+        net_cfg,
+        cfg.train_fusion,
+        resamples=cfg.evaluate.bootstrap,
+        seed=cfg.evaluate.seed,
+        batch_size=cfg.evaluate.batch_size,
+    )
 
 
 def _seed_spread(cfg: Params, tensors: dict, index: pd.DataFrame, classes: list[str]) -> dict:
