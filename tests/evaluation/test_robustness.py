@@ -166,8 +166,6 @@ def test_leave_one_group_out_finds_the_site_the_others_do_not_prepare_for():
             "n": 36,
             "models": {"fusion": rows},
             "worst": worst,
-            "seconds": 1.0,
-            "seconds_per_condition": 1.0,
             "leave_one_group_out": result,
         }
     )

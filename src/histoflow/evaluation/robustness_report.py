@@ -97,9 +97,7 @@ def robustness_section(robustness: dict | None) -> str:
         f"<p>The {robustness['n']} test images perturbed (seeded), re-captioned and re-embedded "
         "through the deployed encoder, then scored by every model: macro recall [95% bootstrap "
         "CI] (drop from clean). Worst case of the deployed model: "
-        f"<b>{w['macro_recall']:.3f}</b> under {html.escape(worst)}. Cost: "
-        f"{robustness['seconds']:.1f} s ({robustness['seconds_per_condition']:.1f} s per "
-        "condition).</p>"
+        f"<b>{w['macro_recall']:.3f}</b> under {html.escape(worst)}.</p>"
         f"<table><tr><th>condition</th>{head}</tr>{''.join(body)}</table>"
         '<img src="img/robustness.png" alt="macro recall vs perturbation strength">'
         + _held_out(robustness.get("leave_one_group_out"))
