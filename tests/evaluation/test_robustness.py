@@ -173,3 +173,24 @@ def test_leave_one_group_out_finds_the_site_the_others_do_not_prepare_for():
     assert leave_one_group_out(
         tensors, index, y, "scanner", clean, net_cfg, p, resamples=50, seed=0
     ) == {"column": "scanner", "skipped": "the manifest has no column 'scanner'"}
+
+
+def test_evaluate_certifies_the_deployed_model_and_its_ablations(reproduced_project):
+    """The session pipeline (tiny params: one stain shift) wrote the certificate everywhere."""
+    import json
+
+    from histoflow.registry.tracking import evaluation_metrics
+    from histoflow.stages import evaluate
+
+    out = evaluate.Outputs()
+    saved = json.loads((reproduced_project / out.metrics).read_text())
+    robustness = saved["robustness"]
+    assert set(robustness["models"]) == {"fusion", "image_only", "text_only", "concat"}
+    stain = robustness["models"]["fusion"]["stain"]["0.5"]
+    clean = robustness["models"]["fusion"]["clean"]
+    assert stain["drop"] == pytest.approx(stain["macro_recall"] - clean["macro_recall"])
+    assert saved["worst_case_macro_recall"] == min(stain["macro_recall"], clean["macro_recall"])
+    assert evaluation_metrics(saved)["worst_case_macro_recall"] == saved["worst_case_macro_recall"]
+    page = (reproduced_project / out.report / "index.html").read_text()
+    assert "Robustness certificate" in page and "stain 0.5" in page
+    assert (reproduced_project / out.report / "img" / "robustness.png").is_file()
