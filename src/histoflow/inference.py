@@ -19,6 +19,7 @@ from PIL import Image
 from histoflow.captions import create_captioner
 from histoflow.captions.text import TextEncoder
 from histoflow.data.images import DEFAULT_MAX_PIXELS, ImageTooLarge, load_rgb
+from histoflow.data.stain_normalization import create_stain_normalizer
 from histoflow.data.transforms import create_transform
 from histoflow.device import autocast, pick_device, use_bf16
 from histoflow.models.checkpoint import load_encoder, load_fusion
@@ -42,10 +43,14 @@ class ImageEmbedder:
         # Inputs with more pixels are refused before decoding: the limit the model was trained
         # with (data.max_pixels, in its model.json), so serving needs no params.yaml.
         self.max_pixels = int(self.meta.get("max_pixels", DEFAULT_MAX_PIXELS))
+        # The stain target fitted on the training split (model.json), so every caller
+        # (embed, predict, pyfunc, serving, monitoring) normalises as training did.
+        self.stain = create_stain_normalizer(self.meta.get("stain_normalization"))
         self.transform = create_transform(
             self.meta["image_size"],
             train=False,
             crop_to_foreground=self.meta.get("crop_to_foreground", False),
+            stain=self.stain,
         )
 
     @torch.inference_mode()
@@ -111,6 +116,18 @@ class Predictor:
         )
         captioner = create_captioner(meta.get("captioner", {"backend": "morphology"}))
         return cls(embedder, fusion, text, captioner, list(meta["classes"]))
+
+    def tokens(
+        self, images: Sequence[Image.Image]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What the fusion heads read: image tokens (B, T, D), text tokens (B, L, E), mask (B, L).
+
+        The images are captioned and embedded as :meth:`predict` does (evaluate's robustness
+        certificate scores the fusion model and its ablations on them).
+        """
+        text = self.text.encode(_caption(self.captioner, list(images)))
+        _, image_tokens = self.embedder.embed_images(images)
+        return image_tokens, text.tokens, text.mask
 
     def predict(self, images: Sequence[Image.Image], batch_size: int = 64) -> pd.DataFrame:
         """One row per image: ``label``, ``confidence``, ``uncertainty``, ``prob_<class>``, ``caption``."""

@@ -16,6 +16,7 @@ from sklearn import metrics as skm
 
 __all__ = [
     "HEADLINE",
+    "WORST_CASE",
     "bootstrap_ci",
     "bootstrap_weights",
     "classification_metrics",
@@ -34,6 +35,8 @@ HEADLINE = (
     "average_precision",
     "ece",
 )
+# evaluate.json (and the MLflow run): the lowest macro recall of the robustness certificate.
+WORST_CASE = "worst_case_macro_recall"
 
 
 def macro_recall(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:

@@ -34,7 +34,18 @@ TINY = {
         "patience": 6,
         "lr": 0.003,
     },
-    "evaluate": {"batch_size": 64, "bootstrap": 200},
+    "evaluate": {
+        "batch_size": 64,
+        "bootstrap": 200,
+        # One stain shift runs the certificate's whole path; every condition costs a re-embed.
+        "robustness": {
+            "stain": [0.5],
+            "jpeg": [],
+            "blur": [],
+            "rescale": [],
+            "leave_one_group_out": None,  # three more heads to train
+        },
+    },
 }
 # The synthetic dataset those params are sized for (histoflow.data.synthetic.generate kwargs).
 TINY_DATA = {"classes": 3, "per_class": 16, "size": 32, "seed": 0, "patients_per_class": 8}

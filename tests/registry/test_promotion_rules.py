@@ -10,8 +10,8 @@ from histoflow.registry import Evidence, decide
 RECALLS = {"a": 0.8, "b": 0.9}
 
 
-def _ev(version, value, ci=None, recalls=RECALLS, seed_std=None):
-    return Evidence(version, value, ci, dict(recalls), seed_std=seed_std)
+def _ev(version, value, ci=None, recalls=RECALLS, seed_std=None, worst_case=None):
+    return Evidence(version, value, ci, dict(recalls), seed_std=seed_std, worst_case=worst_case)
 
 
 def test_first_model_is_promoted_unless_a_class_is_below_the_floor():
@@ -50,13 +50,13 @@ def test_ci_lower_bound_must_reach_the_champion_when_there_is_a_ci():
 
 def test_every_failed_rule_is_in_the_reason():
     decision = decide(
-        _ev("2", 0.79, ci=(0.6, 0.9), recalls={"a": 0.1, "b": 0.9}, seed_std=0.01),
-        _ev("1", 0.80),
+        _ev("2", 0.79, ci=(0.6, 0.9), recalls={"a": 0.1, "b": 0.9}, seed_std=0.01, worst_case=0.4),
+        _ev("1", 0.80, worst_case=0.7),
         RegistryConfig(min_class_recall=0.5),
     )
     assert not decision.promoted
-    assert [c.split(":")[0] for c in decision.checks.values()] == ["fail"] * 4
-    assert decision.reason.count(";") == 3
+    assert [c.split(":")[0] for c in decision.checks.values()] == ["fail"] * 5
+    assert decision.reason.count(";") == 4
 
 
 def test_a_gain_within_the_seed_noise_is_not_a_promotion():
@@ -78,3 +78,27 @@ def test_a_gain_within_the_seed_noise_is_not_a_promotion():
     assert plain.checks["noise"] == "skipped: no spread over seeds recorded (evaluate.seeds)"
     off = decide(_ev("2", 0.81, seed_std=0.1), champion, RegistryConfig(noise_factor=0))
     assert off.promoted and off.checks["noise"] == "skipped: registry.noise_factor is 0"
+
+
+def test_a_more_fragile_challenger_is_not_promoted():
+    champion = _ev("1", 0.80, worst_case=0.70)
+    cfg = RegistryConfig(robustness_tolerance=0.02)
+    # Better on clean tiles, but breaks under a perturbation the champion survives.
+    fragile = decide(_ev("2", 0.90, worst_case=0.55), champion, cfg)
+    assert not fragile.promoted
+    assert fragile.checks["robustness"] == (
+        "fail: worst-case macro recall 0.5500 vs champion v1 0.7000 - tolerance 0.02 = 0.6800"
+    )
+    assert "more fragile than the champion" in fragile.reason
+    within = decide(_ev("2", 0.90, worst_case=0.69), champion, cfg)
+    assert within.promoted and within.checks["robustness"].startswith("pass: worst-case")
+    # Either side without a certificate, or the rule off: skipped, and said so.
+    assert (
+        decide(_ev("2", 0.90), champion, cfg)
+        .checks["robustness"]
+        .startswith("skipped: no worst-case macro recall recorded for v2")
+    )
+    off = decide(_ev("2", 0.9, worst_case=0.1), champion, RegistryConfig(robustness_tolerance=None))
+    assert off.promoted and off.checks["robustness"] == (
+        "skipped: registry.robustness_tolerance is null"
+    )

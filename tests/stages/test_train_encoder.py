@@ -157,3 +157,56 @@ def test_two_process_ddp_writes_one_checkpoint(validated, tmp_path, tiny_params_
     best = torch.load(ckpts / "best.ckpt", weights_only=True)["state_dict"]
     for name, tensor in exported.items():
         torch.testing.assert_close(tensor, best[f"encoder.{name}"])
+
+
+def test_stain_target_is_fitted_on_train_stored_and_applied_alike(
+    validated, tmp_path, tiny_params_dict
+):
+    from histoflow.config import AugmentConfig
+    from histoflow.data.images import load_rgb
+    from histoflow.data.manifest import read_manifest
+    from histoflow.data.stain_normalization import create_stain_normalizer
+    from histoflow.data.transforms import create_transform
+    from histoflow.inference import ImageEmbedder
+    from histoflow.training.encoder import train_loader
+
+    root = _project(validated, tmp_path, tiny_params_dict, epochs=1)
+    cfg = parse_params(
+        tiny_params_dict(data={"stain_normalization": "reinhard"}, train_encoder={"epochs": 1})
+    )
+    inputs, outputs = _io(root)
+    metrics = train_encoder.run(cfg, inputs, outputs)
+    stored = json.loads((outputs.model / "model.json").read_text())["stain_normalization"]
+    assert stored["method"] == "reinhard" and stored["n_tiles"] == metrics["stain_fit_tiles"] > 5
+    assert stored == train_encoder._fit_stain_target(cfg, inputs, read_manifest(inputs.manifest))
+
+    # Training's loader (augmentations off) and the inference embedder see the same tensor.
+    manifest = read_manifest(inputs.manifest)
+    paths = manifest.loc[manifest["split"] == "train", "path"].tolist()
+    plain = cfg.train_encoder.model_copy(
+        update={
+            "augment": AugmentConfig(
+                hflip=0,
+                vflip=0,
+                rot90=False,
+                brightness=0,
+                contrast=0,
+                saturation=0,
+                stain_scale=0,
+                stain_shift=0,
+            )
+        }
+    )
+    loader = train_loader(
+        plain, inputs.data, paths, [0] * len(paths), 32, stain=create_stain_normalizer(stored)
+    )
+    embedder = ImageEmbedder(outputs.model, grid=2)
+    changed = 0
+    for i in range(len(paths)):
+        trained_on = loader.dataset[i][0]
+        image = load_rgb(inputs.data / paths[i])
+        served = embedder.transform(image)
+        assert torch.equal(trained_on, served), paths[i]
+        unnormalised = create_transform(32, train=False)(image)
+        changed += not torch.equal(served, unnormalised)
+    assert changed > len(paths) // 3  # the normaliser did act on most tiles

@@ -13,6 +13,7 @@ from histoflow.config.evaluation import (
     EvaluateConfig,
     ReferenceConfig,
     RegistryConfig,
+    RobustnessConfig,
 )
 from histoflow.config.operations import DeployConfig, MonitorConfig
 from histoflow.config.params import Params, load_params, parse_params
@@ -37,6 +38,7 @@ __all__ = [
     "Params",
     "ReferenceConfig",
     "RegistryConfig",
+    "RobustnessConfig",
     "TrainEncoderConfig",
     "TrainFusionConfig",
     "ValidateChecks",

@@ -26,6 +26,8 @@ class DataConfig(Section):
     group_columns: tuple[str, ...] = ("site", "magnification")
     # Most pixels an image may have, read from its header before it is decoded; 4096 x 4096.
     max_pixels: int = Field(4096 * 4096, ge=1)
+    # Stain normalisation (torchstain): target fitted on training tiles, stored with the model.
+    stain_normalization: Literal["none", "macenko", "reinhard"] = "none"
 
     @model_validator(mode="after")
     def _fractions_leave_train(self) -> DataConfig:

@@ -8,7 +8,13 @@ from pydantic import Field, field_validator
 
 from histoflow.config._base import Section
 
-__all__ = ["CrossGroupConfig", "EvaluateConfig", "ReferenceConfig", "RegistryConfig"]
+__all__ = [
+    "CrossGroupConfig",
+    "EvaluateConfig",
+    "ReferenceConfig",
+    "RegistryConfig",
+    "RobustnessConfig",
+]
 
 
 class CrossGroupConfig(Section):
@@ -16,6 +22,42 @@ class CrossGroupConfig(Section):
 
     column: str = "magnification"  # a manifest column (e.g. magnification, site, modality)
     train_on: str = "40x"  # the value whose rows train the head
+
+
+class RobustnessConfig(Section):
+    """The robustness certificate: perturbations of the test images and their strengths."""
+
+    stain: tuple[float, ...] = (0.1, 0.25, 0.5)  # HED stain shift: each density x (1 +- s)
+    jpeg: tuple[int, ...] = (30, 10)  # JPEG quality
+    blur: tuple[float, ...] = (1.0, 2.0)  # Gaussian blur radius, pixels of the stored image
+    rescale: tuple[float, ...] = (0.5, 2.0)  # magnification change (zoom factor)
+    seed: int = 0  # of the stain shifts
+    # A manifest column (site, scanner, magnification): a head trained without each group is
+    # scored on that group's test images. null = off; a column the manifest lacks is skipped.
+    leave_one_group_out: str | None = "site"
+    batch_size: int = Field(16, ge=1)  # test images at a time, each embedded x conditions
+
+    @field_validator("jpeg")
+    @classmethod
+    def _quality(cls, qualities: tuple[int, ...]) -> tuple[int, ...]:
+        if any(not 1 <= q <= 95 for q in qualities):
+            raise ValueError(f"evaluate.robustness.jpeg {list(qualities)}: qualities are 1-95")
+        return qualities
+
+    @field_validator("stain", "blur", "rescale")
+    @classmethod
+    def _positive(cls, values: tuple[float, ...]) -> tuple[float, ...]:
+        if any(v <= 0 for v in values):
+            raise ValueError(f"strengths must be positive, got {list(values)}")
+        return values
+
+    def conditions(self) -> list[tuple[str, float]]:
+        """Every (perturbation, strength) pair, in the order of the report."""
+        return [
+            (kind, float(s))
+            for kind in ("stain", "jpeg", "blur", "rescale")
+            for s in getattr(self, kind)
+        ]
 
 
 class EvaluateConfig(Section):
@@ -32,6 +74,9 @@ class EvaluateConfig(Section):
     # The fusion head retrained with each seed on the cached embeddings: the headline metrics'
     # mean and std over seeds, the noise a promotion must beat (registry.noise_factor). () = off.
     seeds: tuple[int, ...] = ()
+    # Test images re-embedded under perturbations; worst-case macro recall is a headline metric
+    # and a promotion rule (registry.robustness_tolerance). null = off.
+    robustness: RobustnessConfig | None = RobustnessConfig()
 
     @field_validator("seeds")
     @classmethod
@@ -57,6 +102,9 @@ class RegistryConfig(Section):
     ci_rule: bool = True  # when a CI exists: its lower bound must reach the champion's value
     # When evaluate.seeds recorded a spread: the gain must exceed this many seed stds. 0 = off.
     noise_factor: float = Field(2.0, ge=0)
+    # The challenger's worst-case macro recall (evaluate.robustness) may be at most this much
+    # below the champion's. null = off.
+    robustness_tolerance: float | None = Field(0.02, ge=0)
     retries: int = Field(3, ge=0, le=20)  # registration retries on an unreachable server
     retry_backoff_s: float = Field(2.0, ge=0)  # first retry delay; doubles each time
     lock_timeout_s: float = Field(60.0, gt=0)  # wait this long for another promotion to finish

@@ -24,6 +24,7 @@ __all__ = [
     "RandomRot90",
     "StainJitter",
     "create_transform",
+    "decode_transform",
     "foreground_box",
     "hed_to_rgb",
     "rgb_to_hed",
@@ -152,6 +153,18 @@ def train_augmentations(cfg: AugmentConfig) -> list[nn.Module]:
     return ops
 
 
+def decode_transform(image_size: int, *, crop_to_foreground: bool = False) -> v2.Compose:
+    """Decoded image -> (3, S, S) uint8 tensor: the start of :func:`create_transform` in eval mode.
+
+    The stain normalisation target is fitted on tiles prepared by exactly these steps.
+    """
+    ops: list = [v2.ToImage()]
+    if crop_to_foreground:
+        ops.append(CropToForeground())
+    ops.append(v2.Resize((image_size, image_size), antialias=True))
+    return v2.Compose(ops)
+
+
 def create_transform(
     image_size: int,
     *,
@@ -160,6 +173,7 @@ def create_transform(
     crop_to_foreground: bool = False,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    stain: nn.Module | None = None,
 ) -> v2.Compose:
     """Decode to a normalised float tensor (3, S, S), augmenting when training.
 
@@ -172,6 +186,9 @@ def create_transform(
             trained with it records it and is always served with it.
         mean: per-channel mean of the backbone's normalisation.
         std: per-channel standard deviation of the backbone's normalisation.
+        stain: the model's stain normaliser
+            (:class:`~histoflow.data.stain_normalization.StainNormalizer`), applied to the
+            resized uint8 tile, before any augmentation, in training and inference alike.
     """
     augment = augment or AugmentConfig()
     ops: list = [v2.ToImage()]
@@ -181,6 +198,8 @@ def create_transform(
         ops.append(v2.RandomResizedCrop(image_size, scale=augment.resized_crop, antialias=True))
     else:
         ops.append(v2.Resize((image_size, image_size), antialias=True))
+    if stain is not None:
+        ops.append(stain)
     ops.append(v2.ToDtype(torch.float32, scale=True))
     if train:
         ops += train_augmentations(augment)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from histoflow.evaluation.groups import GROUP_METRICS
+from histoflow.evaluation.robustness_report import robustness_section
 from histoflow.io import atomic_dir
 from histoflow.metrics import HEADLINE
 
@@ -69,6 +70,7 @@ def write_report(
             _headline(metrics),
             _ablations(metrics.get("ablations", {})),
             _cross_group(metrics.get("cross_group")),
+            robustness_section(metrics.get("robustness")),
             _per_class(metrics["per_class"]),
             _breakdowns(metrics.get("breakdowns", metrics.get("by_group", {}))),
             "<h2>Plots</h2>",

@@ -29,6 +29,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from histoflow.config import RegistryConfig
+from histoflow.metrics import WORST_CASE
 from histoflow.registry._provenance import commit_with_lock
 from histoflow.registry.mlflow_registry import CHALLENGER, CHAMPION, REGISTRATION
 from histoflow.registry.rules import Decision, Evidence, decide
@@ -83,6 +84,7 @@ def evidence(client: MlflowClient, cfg: RegistryConfig, version: str) -> Evidenc
             if k.startswith("recall.")
         },
         seed_std=metrics.get(f"{cfg.metric}.seed_std"),
+        worst_case=metrics.get(WORST_CASE),
     )
 
 

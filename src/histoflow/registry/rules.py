@@ -9,6 +9,10 @@ Rules (``params.yaml`` ``registry``), checked in this order:
 4. ``noise``: where a spread over seeds was recorded (``evaluate.seeds``), the gain over the
    champion exceeds ``noise_factor`` x the seed std of ``metric`` (the larger of the two
    versions' where both have one): a gain within the noise of one training run is chance.
+5. ``robustness``: where both versions have a worst-case macro recall under perturbation
+   (``evaluate.robustness``), the challenger's is not below the champion's by more than
+   ``robustness_tolerance``: a model that gains on clean tiles but breaks on another lab's
+   stain or scanner is not promoted.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ class Evidence:
     ci: tuple[float, float] | None
     class_recall: dict[str, float]
     seed_std: float | None = None  # std of the metric over evaluate.seeds, where recorded
+    worst_case: float | None = None  # worst-case macro recall under perturbation, where recorded
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,7 @@ def decide(challenger: Evidence, champion: Evidence | None, cfg: RegistryConfig)
         checks["floor"] = f"pass: every class recall >= {cfg.min_class_recall}"
     if champion is None:
         checks["margin"] = checks["ci"] = checks["noise"] = "skipped: no champion yet"
+        checks["robustness"] = "skipped: no champion yet"
     else:
         against = f"champion v{champion.version} {champion.value:.4f}"
         beats = challenger.value > champion.value + cfg.min_improvement
@@ -84,6 +90,9 @@ def decide(challenger: Evidence, champion: Evidence | None, cfg: RegistryConfig)
                     f"{cfg.metric} 95% CI lower bound {challenger.ci[0]:.4f} is below {against}"
                 )
         checks["noise"], failure = _noise(challenger, champion, cfg)
+        if failure:
+            failures.append(failure)
+        checks["robustness"], failure = _robustness(challenger, champion, cfg)
         if failure:
             failures.append(failure)
     if failures:
@@ -125,4 +134,30 @@ def _noise(challenger: Evidence, champion: Evidence, cfg: RegistryConfig) -> tup
         f"fail: {verdict}",
         f"{cfg.metric} gain {gain:+.4f} over champion v{champion.version} is within the noise "
         f"of training: {cfg.noise_factor:g} x seed std {std:.4f} = {need:.4f}",
+    )
+
+
+def _robustness(
+    challenger: Evidence, champion: Evidence, cfg: RegistryConfig
+) -> tuple[str, str | None]:
+    """The ``robustness`` rule's check (both worst cases, the tolerance) and, failing, why."""
+    if cfg.robustness_tolerance is None:
+        return "skipped: registry.robustness_tolerance is null", None
+    missing = [f"v{e.version}" for e in (challenger, champion) if e.worst_case is None]
+    if missing:
+        return (
+            f"skipped: no worst-case macro recall recorded for {', '.join(missing)} "
+            "(evaluate.robustness)",
+            None,
+        )
+    need = champion.worst_case - cfg.robustness_tolerance
+    verdict = (
+        f"worst-case macro recall {challenger.worst_case:.4f} vs champion v{champion.version} "
+        f"{champion.worst_case:.4f} - tolerance {cfg.robustness_tolerance:g} = {need:.4f}"
+    )
+    if challenger.worst_case >= need:
+        return f"pass: {verdict}", None
+    return (
+        f"fail: {verdict}",
+        f"more fragile than the champion: {verdict}",
     )

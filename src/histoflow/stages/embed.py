@@ -153,6 +153,8 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         "n_new_image_embeddings": n_new_images,
         "n_new_text_embeddings": n_new_texts,
         "n_truncated_captions": n_truncated,  # distinct captions cut at max_text_tokens
+        # New images the encoder's stain normaliser left as they were (background, fat).
+        "n_stain_passthrough": embedder.stain.n_passed_through if embedder.stain else 0,
         "encoder_sha256": encoder_sha,
         "precision": "bf16" if embedder.bf16 else "32",
         "device": embedder.device.type,

@@ -10,7 +10,9 @@ module's ``Outputs`` without paying for them.
 
 from __future__ import annotations
 
+import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from histoflow.evaluation.report import write_report
 from histoflow.io import atomic_path
 from histoflow.metrics import (
     HEADLINE,
+    WORST_CASE,
     bootstrap_ci,
     bootstrap_weights,
     classification_metrics,
@@ -106,6 +109,19 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         metrics["cross_group"] = _cross_group(cfg, tensors, index, y_all, len(classes))
     if p.seeds:
         metrics["seed_spread"] = _seed_spread(cfg, tensors, index, classes)
+    if p.robustness is not None:
+        from histoflow.evaluation.robustness import worst_case
+
+        metrics["robustness"] = _robustness(cfg, inputs, table, y_true, weights)
+        if p.robustness.leave_one_group_out:
+            metrics["robustness"]["leave_one_group_out"] = _leave_one_group_out(
+                cfg, tensors, index, classes, probs
+            )
+        metrics["robustness"]["worst"] = worst_case(
+            metrics["robustness"]["models"]["fusion"],
+            metrics["robustness"].get("leave_one_group_out"),
+        )
+        metrics[WORST_CASE] = metrics["robustness"]["worst"]["macro_recall"]
 
     predictions = _predictions(table, probs, unc, classes, y_true, groups + extra)
     with atomic_path(outputs.predictions) as tmp:
@@ -124,6 +140,12 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         _histories(inputs),
         bins=p.ece_bins,
     )
+    if "robustness" in metrics:
+        from histoflow.evaluation.robustness_report import plot_robustness
+
+        # Copied with the other plots; the report's robustness section shows it.
+        plot_robustness(metrics["robustness"], outputs.plots / "robustness.png")
+        pngs = [*pngs, outputs.plots / "robustness.png"]
     with tempfile.TemporaryDirectory(prefix="histoflow-explain-") as panel_dir:
         panels = _explain(cfg, inputs, net, meta, tensors, test, predictions, Path(panel_dir))
         saved = _eval_json(metrics, breakdowns)
@@ -174,6 +196,68 @@ def _cross_group(cfg: Params, tensors: dict, index: pd.DataFrame, y_all, num_cla
             bins=p.ece_bins,
         ),
     }
+
+
+def _robustness(cfg: Params, inputs: Inputs, table: pd.DataFrame, y_true, weights) -> dict:
+    """The robustness certificate of the fusion model and its ablations (worst case: fusion's)."""
+    from functools import partial
+
+    from histoflow.data.images import load_rgb
+    from histoflow.evaluation.robustness import certificate
+    from histoflow.inference import Predictor, fuse
+    from histoflow.models.ablations import load_classifier
+
+    p = cfg.evaluate.robustness
+    started = time.perf_counter()
+    predictor = Predictor.from_folders(inputs.encoder, inputs.fusion)
+    models = {"fusion": predictor.fusion}
+    models |= {kind: load_classifier(d)[0] for kind, d in _ablation_folders(inputs.ablations)}
+    paths = table["path"].tolist()
+    limit = predictor.embedder.max_pixels
+    result = certificate(
+        predictor.tokens,
+        {
+            name: partial(fuse, net, batch_size=cfg.evaluate.batch_size)
+            for name, net in models.items()
+        },
+        lambda i: load_rgb(Path(inputs.data) / paths[i], max_pixels=limit),
+        y_true,
+        p.conditions(),
+        weights=weights,
+        seed=p.seed,
+        batch_size=p.batch_size,
+    )
+    # The cost goes to the log, not evaluate.json (which must reproduce bit for bit).
+    print(
+        f"evaluate: robustness certificate, {len(paths)} test images x "
+        f"{len(p.conditions()) + 1} conditions re-embedded in {time.perf_counter() - started:.1f} s",
+        file=sys.stderr,
+    )
+    return result
+
+
+def _leave_one_group_out(cfg: Params, tensors, index, classes, clean_probs) -> dict:
+    """Heads trained without each group of ``evaluate.robustness.leave_one_group_out``."""
+    import torch
+
+    from histoflow.evaluation.leave_one_out import leave_one_group_out
+    from histoflow.models.fusion import FusionConfig
+
+    net_cfg = FusionConfig.from_params(
+        cfg.train_fusion, num_classes=len(classes), **feature_dims(tensors)
+    )
+    return leave_one_group_out(
+        tensors,
+        index,
+        torch.tensor([classes.index(c) for c in index["label"]]),
+        cfg.evaluate.robustness.leave_one_group_out,
+        clean_probs,
+        net_cfg,
+        cfg.train_fusion,
+        resamples=cfg.evaluate.bootstrap,
+        seed=cfg.evaluate.seed,
+        batch_size=cfg.evaluate.batch_size,
+    )
 
 
 def _seed_spread(cfg: Params, tensors: dict, index: pd.DataFrame, classes: list[str]) -> dict:
@@ -314,7 +398,7 @@ def _eval_json(metrics: dict, breakdowns: dict) -> dict:
         for k in (*HEADLINE, "n", "per_class", "by_group", "ci", "ablations", "bootstrap")
     }
     saved["per_class_recall"] = {c: v["recall"] for c, v in metrics["per_class"].items()}
-    for optional in ("cross_group", "seed_spread"):
+    for optional in ("cross_group", "seed_spread", "robustness", WORST_CASE):
         if optional in metrics:
             saved[optional] = metrics[optional]
     saved["breakdowns"] = breakdowns  # for the report; breakdowns.csv holds it as a table

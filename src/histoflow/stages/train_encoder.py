@@ -18,7 +18,7 @@ from histoflow.stages import write_metrics
 
 __all__ = ["PARAMS", "Inputs", "Outputs", "checkpoint_dir", "run"]
 
-PARAMS = ("data.image_size", "data.max_pixels", "train_encoder")
+PARAMS = ("data.image_size", "data.max_pixels", "data.stain_normalization", "train_encoder")
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     # torch and Lightning load here, not at import: flows read Outputs without paying for them.
     import pandas as pd
 
+    from histoflow.data.stain_normalization import create_stain_normalizer
     from histoflow.models.checkpoint import save_model
     from histoflow.models.encoder import create_encoder_from_params, encoder_description
     from histoflow.training.checkpoints import fingerprint, mark_complete
@@ -71,8 +72,9 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
                 "data.val_fraction and that every class has more than one patient"
             )
     classes = class_names(manifest)
+    stain_target = _fit_stain_target(cfg, inputs, manifest)
     encoder = create_encoder_from_params(p)
-    run_fingerprint = fingerprint(p, cfg.data.image_size, manifest)
+    run_fingerprint = fingerprint(p, cfg.data.image_size, manifest, stain_target)
     ckpt_dir = checkpoint_dir(outputs)
     fit = fit_encoder(
         p,
@@ -84,7 +86,11 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         checkpoints=ckpt_dir,
         run_fingerprint=run_fingerprint,
         max_pixels=cfg.data.max_pixels,
+        stain=create_stain_normalizer(stain_target),
     )
+    if stain_target:
+        fit.metrics["stain_fit_tiles"] = stain_target["n_tiles"]
+        fit.metrics["stain_fit_skipped"] = stain_target["n_skipped"]  # background, fat
     if not fit.is_global_zero:
         return fit.metrics
     save_model(
@@ -97,6 +103,8 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
             "crop_to_foreground": p.crop_to_foreground,
             # The model refuses larger inputs at inference too (predict, pyfunc, monitoring).
             "max_pixels": cfg.data.max_pixels,
+            # Every path that feeds this encoder normalises to this target (inference.py).
+            "stain_normalization": stain_target or {"method": "none"},
             # Where bf16 kernels differ (another CPU, a GPU), so do the weights: the card says.
             "trained_with": {
                 "precision": fit.metrics["precision"],
@@ -109,3 +117,20 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     write_metrics(outputs.metrics, fit.metrics, copy_in=outputs.model)
     mark_complete(ckpt_dir, run_fingerprint)
     return fit.metrics
+
+
+def _fit_stain_target(cfg: Params, inputs: Inputs, manifest) -> dict | None:
+    """The stain target fitted on the training split (``data.stain_normalization``), or None."""
+    if cfg.data.stain_normalization == "none":
+        return None
+    from histoflow.data.stain_normalization import fit_stain_target_on_files
+
+    return fit_stain_target_on_files(
+        cfg.data.stain_normalization,
+        inputs.data,
+        manifest.loc[manifest["split"] == "train", "path"].tolist(),
+        image_size=cfg.data.image_size,
+        crop_to_foreground=cfg.train_encoder.crop_to_foreground,
+        max_pixels=cfg.data.max_pixels,
+        seed=cfg.train_encoder.seed,
+    )

@@ -29,21 +29,22 @@ __all__ = [
 ]
 
 
-def fingerprint(p: TrainEncoderConfig, image_size: int, manifest: pd.DataFrame) -> str:
+def fingerprint(
+    p: TrainEncoderConfig, image_size: int, manifest: pd.DataFrame, stain: dict | None = None
+) -> str:
     """The sha256 of the recipe and of the images it trains on.
 
     The images are named by paths, labels, splits and, from ``validate``, the files' own sha256:
-    a killed run resumes only under the same fingerprint.
+    a killed run resumes only under the same fingerprint. ``stain`` is the stain normalisation
+    target the tiles are normalised to, if any.
     """
     columns = [c for c in ("path", "label", "split", "sha256") if c in manifest]
-    blob = json.dumps(
-        {
-            "image_size": image_size,
-            "train_encoder": p.model_dump(mode="json"),
-            "data": manifest[columns].sort_values("path").to_csv(index=False),
-        },
-        sort_keys=True,
-    )
+    run = {
+        "image_size": image_size,
+        "train_encoder": p.model_dump(mode="json"),
+        "data": manifest[columns].sort_values("path").to_csv(index=False),
+    }
+    blob = json.dumps(run | ({"stain": stain} if stain else {}), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

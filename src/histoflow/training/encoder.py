@@ -82,6 +82,7 @@ def fit_encoder(
     checkpoints: Path,
     run_fingerprint: str,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    stain: nn.Module | None = None,
 ) -> EncoderFit:
     """Train ``encoder`` with a linear head on the train split; keep the best epoch.
 
@@ -99,6 +100,8 @@ def fit_encoder(
             with the same fingerprint resumes.
         max_pixels: the most pixels an image may have (``data.max_pixels``), checked from
             its header before it is decoded.
+        stain: the stain normaliser fitted on the train split, applied to train and val
+            tiles alike (None: ``data.stain_normalization: none``).
 
     Raises:
         ValueError: an empty train or val split, or ``unfreeze_at`` under DDP.
@@ -112,10 +115,10 @@ def fit_encoder(
     train_paths = splits["train"]["path"].tolist()
     loaders = {
         "train": train_loader(
-            p, data, train_paths, labels["train"], image_size, max_pixels=max_pixels
+            p, data, train_paths, labels["train"], image_size, max_pixels=max_pixels, stain=stain
         ),
         "val": _val_loader(
-            p, data, splits["val"]["path"].tolist(), labels["val"], image_size, max_pixels
+            p, data, splits["val"]["path"].tolist(), labels["val"], image_size, max_pixels, stain
         ),
     }
     quiet_lightning()
@@ -244,14 +247,22 @@ def train_loader(
     size: int,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    stain: nn.Module | None = None,
 ) -> DataLoader:
-    """Augmented training batches; with ``balanced_sampler``, classes drawn equally often."""
+    """Augmented training batches; with ``balanced_sampler``, classes drawn equally often.
+
+    ``stain`` normalises each tile before the augmentations (``data.stain_normalization``).
+    """
     dataset = TileDataset(
         root,
         paths,
         labels,
         create_transform(
-            size, train=True, augment=p.augment, crop_to_foreground=p.crop_to_foreground
+            size,
+            train=True,
+            augment=p.augment,
+            crop_to_foreground=p.crop_to_foreground,
+            stain=stain,
         ),
         return_index=True,
         max_pixels=max_pixels,
@@ -281,8 +292,11 @@ def _val_loader(
     labels: list[int],
     size: int,
     max_pixels: int,
+    stain: nn.Module | None,
 ) -> DataLoader:
-    transform = create_transform(size, train=False, crop_to_foreground=p.crop_to_foreground)
+    transform = create_transform(
+        size, train=False, crop_to_foreground=p.crop_to_foreground, stain=stain
+    )
     return DataLoader(
         TileDataset(root, paths, labels, transform, max_pixels=max_pixels),
         batch_size=p.batch_size,
