@@ -32,6 +32,9 @@ class EvaluateConfig(Section):
     # The fusion head retrained with each seed on the cached embeddings: the headline metrics'
     # mean and std over seeds, the noise a promotion must beat (registry.noise_factor). () = off.
     seeds: tuple[int, ...] = ()
+    # Grouped k-fold CV of the fusion head on the cached embeddings (by patient_id, else by the
+    # cases stage audit inferred): each headline metric's mean and std over folds. 0 = off.
+    cv_folds: int = Field(0, ge=0, le=20)
 
     @field_validator("seeds")
     @classmethod

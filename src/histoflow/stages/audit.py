@@ -137,15 +137,17 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
 
 def _groups(index, cases, mode: str):
     """(N,) case ids for the leakage index, and where they came from."""
-    has_patient = "patient_id" in index and (index["patient_id"].astype(str) != "").all()
-    if mode == "patient" and not has_patient:
+    from histoflow.data.quality.cases import case_groups
+
+    if mode == "inferred":
+        return cases["case_id"].to_numpy(), "inferred"
+    groups, source = case_groups(index, cases)
+    if mode == "patient" and source != "patient_id":
         raise AuditError(
             "audit.cases is 'patient' but the manifest has no patient_id for every tile: give "
             "one, or set audit.cases to auto or inferred"
         )
-    if has_patient and mode != "inferred":
-        return index["patient_id"].astype(str).to_numpy(), "patient_id"
-    return cases["case_id"].to_numpy(), "inferred"
+    return groups, source
 
 
 def _split_cases(cases):

@@ -19,7 +19,14 @@ import pandas as pd
 
 from histoflow.data.quality.hashing import near_duplicate_pairs
 
-__all__ = ["CASE_COLOUR_FEATURES", "colour_block", "infer_cases"]
+__all__ = [
+    "CASE_COLOUR_FEATURES",
+    "case_groups",
+    "colour_block",
+    "has_patient_ids",
+    "infer_cases",
+    "read_cases",
+]
 
 # What one slide's tiles share: its stain and scanner colour, not the tissue in each tile.
 CASE_COLOUR_FEATURES = (
@@ -127,3 +134,45 @@ def _drop_self(idx: np.ndarray, k: int) -> np.ndarray:
     not_self = idx != rows
     order = np.argsort(~not_self, axis=1, kind="stable")  # the non-self entries first, in order
     return np.take_along_axis(idx, order, axis=1)[:, :k]
+
+
+def read_cases(path) -> pd.DataFrame:
+    """The inferred cases stage ``audit`` wrote (``path``, ``split``, ``case_id``, ``case_confidence``).
+
+    Raises:
+        FileNotFoundError: the table does not exist (stage ``audit`` has not run).
+    """
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"{path} not found: run `histoflow stage audit` (or `dvc repro`) first"
+        )
+    return pd.read_csv(
+        path, dtype={"path": str, "split": str, "case_id": str}, keep_default_na=False
+    )
+
+
+def case_groups(index: pd.DataFrame, cases: pd.DataFrame | None) -> tuple[np.ndarray, str]:
+    """(N,) group of each ``index`` row, and where it came from.
+
+    ``patient_id`` when every row has one, else the inferred ``case_id`` (matched by path).
+
+    Raises:
+        ValueError: no patient ids and no inferred case for some row.
+    """
+    if "patient_id" in index and (index["patient_id"].astype(str) != "").all():
+        return index["patient_id"].astype(str).to_numpy(), "patient_id"
+    found = None if cases is None else index["path"].map(cases.set_index("path")["case_id"])
+    if found is None or found.isna().any():
+        raise ValueError(
+            "the data has no patient_id for every tile and no inferred case for every path: "
+            "run stage audit on these features first"
+        )
+    return found.to_numpy(), "inferred"
+
+
+def has_patient_ids(table: pd.DataFrame) -> bool:
+    """Whether the data named patients (the importers fill a missing ``patient_id`` with the path)."""
+    ids = table["patient_id"].astype(str)
+    return bool((ids != "").all() and (ids != table["path"].astype(str)).any())
