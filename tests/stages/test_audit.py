@@ -42,7 +42,13 @@ def test_exclude_drops_suspect_labels_from_training(reproduced_project, tiny_par
     index.loc[flipped, "label"] = "lymphocytes"
     index.to_csv(features / "index.csv", index=False)
     cfg = tiny_params.model_copy(
-        update={"audit": tiny_params.audit.model_copy(update={"label_issues": "exclude"})}
+        update={
+            "audit": tiny_params.audit.model_copy(update={"label_issues": "exclude"}),
+            # Only what the exclusion reaches: the fusion head, briefly, without ablations.
+            "train_fusion": tiny_params.train_fusion.model_copy(
+                update={"ablations": (), "epochs": 2, "patience": 1}
+            ),
+        }
     )
     out = _under(tmp_path, audit.Outputs())
     metrics = audit.run(cfg, audit.Inputs(data=reproduced_project / "data", features=features), out)
