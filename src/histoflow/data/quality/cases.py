@@ -4,9 +4,9 @@ Tiles cut from one slide share its stain (H&E optical density, mean colour, satu
 once an encoder exists, sit close together in embedding space; re-encoded copies of a tile share
 its perceptual hash. :func:`infer_cases` joins each tile to its nearest neighbours in those
 measurements (faiss, exact L2 search; a symmetric k-nearest-neighbour graph),
-splits the graph into communities with Louvain modularity (networkx, seeded), and merges the
-communities of every near-duplicate pHash pair (a copy of a tile is from its slide). Each result
-is one inferred case; a tile's ``case_confidence`` is the
+adds a heavy edge for every near-duplicate pHash pair (a copy of a tile is from its slide), and
+splits the graph into communities with Louvain modularity (networkx, seeded). Each community is
+one inferred case; a tile's ``case_confidence`` is the
 share of its neighbours that fall in its own case (1 = every neighbour agrees).
 """
 
@@ -46,7 +46,8 @@ def colour_block(table: pd.DataFrame, columns: Sequence[str] = CASE_COLOUR_FEATU
 
     Columns missing from ``table`` (an older manifest) or constant are left out.
     """
-    present = [c for c in columns if c in table]
+    # Greyscale images have no stain: their optical-density columns are all NaN.
+    present = [c for c in columns if c in table and table[c].notna().any()]
     values = table[present].to_numpy(dtype=np.float64) if present else np.zeros((len(table), 0))
     median = np.nanmedian(values, axis=0) if len(values) else np.zeros(values.shape[1])
     q75, q25 = (np.nanpercentile(values, q, axis=0) for q in (75, 25))
@@ -96,20 +97,22 @@ def infer_cases(
 
     graph = nx.Graph()
     graph.add_nodes_from(range(n))
-    graph.add_edges_from((i, int(j)) for i in range(n) for j in idx[i] if j >= 0 and j != i)
-    communities = nx.community.louvain_communities(graph, resolution=resolution, seed=seed)
+    graph.add_edges_from(
+        ((i, int(j)) for i in range(n) for j in idx[i] if j >= 0 and j != i), weight=1.0
+    )
+    if phash is not None:
+        # A near-duplicate is a copy of one tile: an edge as strong as all its neighbours
+        # together pulls both into one case, without chaining whole communities together.
+        pairs = near_duplicate_pairs(list(phash), phash_distance)
+        graph.add_edges_from(
+            zip(pairs["i"].tolist(), pairs["j"].tolist(), strict=True), weight=2.0 * k
+        )
+    communities = nx.community.louvain_communities(
+        graph, weight="weight", resolution=resolution, seed=seed
+    )
     labels = np.empty(n, dtype=np.int64)
     for c, members in enumerate(communities):
         labels[list(members)] = c
-    if phash is not None:
-        # A near-duplicate is a copy of one tile: its case and the original's are one case.
-        pairs = near_duplicate_pairs(list(phash), phash_distance)
-        merged = nx.Graph()
-        merged.add_nodes_from(range(len(communities)))
-        merged.add_edges_from(zip(labels[pairs["i"]], labels[pairs["j"]], strict=True))
-        for c, members in enumerate(nx.connected_components(merged)):
-            labels[np.isin(labels, list(members))] = -1 - c
-        labels = -1 - labels
     # Number cases by their first tile, so the ids do not depend on Louvain's set order.
     _, first = np.unique(labels, return_index=True)
     rank = np.empty(len(first), dtype=np.int64)
