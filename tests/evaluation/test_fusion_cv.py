@@ -25,9 +25,11 @@ def test_fusion_head_cross_validated_by_patient(reproduced_project, tiny_params)
 
 
 def test_case_groups_fall_back_to_inferred_cases():
-    index = pd.DataFrame({"path": ["a", "b"], "patient_id": ["", "p1"]})
     cases = pd.DataFrame({"path": ["a", "b"], "case_id": ["C0000", "C0001"]})
-    groups, source = case_groups(index, cases)
-    assert source == "inferred" and list(groups) == ["C0000", "C0001"]
+    # The importers fill a missing patient_id with the path: that names no patient.
+    for ids in (["", "p1"], ["a", "b"]):
+        index = pd.DataFrame({"path": ["a", "b"], "patient_id": ids})
+        groups, source = case_groups(index, cases)
+        assert source == "inferred" and list(groups) == ["C0000", "C0001"]
     with pytest.raises(ValueError, match="run stage audit"):
         case_groups(index, None)

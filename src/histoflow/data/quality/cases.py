@@ -159,12 +159,13 @@ def read_cases(path) -> pd.DataFrame:
 def case_groups(index: pd.DataFrame, cases: pd.DataFrame | None) -> tuple[np.ndarray, str]:
     """(N,) group of each ``index`` row, and where it came from.
 
-    ``patient_id`` when every row has one, else the inferred ``case_id`` (matched by path).
+    ``patient_id`` when the data named patients (:func:`has_patient_ids`), else the inferred
+    ``case_id`` (matched by path).
 
     Raises:
         ValueError: no patient ids and no inferred case for some row.
     """
-    if "patient_id" in index and (index["patient_id"].astype(str) != "").all():
+    if "patient_id" in index and has_patient_ids(index):
         return index["patient_id"].astype(str).to_numpy(), "patient_id"
     found = None if cases is None else index["path"].map(cases.set_index("path")["case_id"])
     if found is None or found.isna().any():
