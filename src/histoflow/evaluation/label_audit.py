@@ -122,7 +122,7 @@ def find_label_issues(
             "split": index["split"].to_numpy()[ranked],
             "given": names[y[ranked]],
             "likely": names[probabilities[ranked].argmax(1)],
-            "score": quality[ranked].round(6),
+            "score": quality[ranked],  # unrounded: the most doubtful are near 0
         },
         columns=list(ISSUE_COLUMNS),
     )

@@ -216,7 +216,7 @@ def _write_report(folder, metrics, sentence, issues, leaks, data_root, cfg, a) -
                 + ", likely "
                 + t["likely"]
                 + ", score "
-                + t["score"].map("{:.3f}".format)
+                + t["score"].map("{:.3g}".format)
             ),
         )
         if len(shown):
@@ -233,5 +233,8 @@ def _markdown_table(table) -> list[str]:
     if not len(table):
         return ["(none)"]
     rows = [" | ".join(map(str, table.columns)), " | ".join("---" for _ in table.columns)]
-    rows += [" | ".join(str(v) for v in row) for row in table.itertuples(index=False)]
+    rows += [
+        " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row)
+        for row in table.itertuples(index=False)
+    ]
     return [f"| {r} |" for r in rows]
