@@ -7,6 +7,7 @@ names the key and what is allowed.
 from __future__ import annotations
 
 from histoflow.config._base import ConfigError
+from histoflow.config.audit import AuditConfig
 from histoflow.config.data import DataConfig, ValidateChecks, ValidateConfig
 from histoflow.config.evaluation import (
     CrossGroupConfig,
@@ -26,6 +27,7 @@ from histoflow.config.training import (
 )
 
 __all__ = [
+    "AuditConfig",
     "AugmentConfig",
     "CaptionsConfig",
     "ConfigError",

@@ -23,6 +23,9 @@ class DataConfig(Section):
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     split_seed: int = 42
+    # Carve splits by patient_id, or (no patient ids) by the cases validate infers from colour
+    # statistics and pHash neighbours (histoflow.data.quality.cases); README "Data forensics".
+    split_by: Literal["patient", "inferred_case"] = "patient"
     group_columns: tuple[str, ...] = ("site", "magnification")
     # Most pixels an image may have, read from its header before it is decoded; 4096 x 4096.
     max_pixels: int = Field(4096 * 4096, ge=1)
@@ -65,6 +68,7 @@ class ValidateChecks(Section):
     blank: Level = "warning"  # tissue fraction below min_tissue_fraction
     class_imbalance: Level = "warning"  # largest / smallest class above max_class_ratio
     conflicting_labels: Level = "warning"  # identical images with different labels
+    inferred_case_leak: Level = "warning"  # an inferred case (no patient ids) in several splits
 
 
 class ValidateConfig(Section):
@@ -84,6 +88,9 @@ class ValidateConfig(Section):
     # Drop val/test copies of images in an earlier split: exact (same bytes) or near (pHash).
     deduplicate: Literal["none", "exact", "near"] = "none"
     workers: int = Field(2, ge=0)  # decoding processes; 0 decodes in this process
+    # Data without patient ids: cases inferred from colour and pHash neighbours (k, Louvain).
+    case_neighbours: int = Field(5, ge=1, le=100)  # below the tiles per slide
+    case_resolution: float = Field(1.0, gt=0)  # higher = more, smaller cases
     checks: ValidateChecks = ValidateChecks()
 
     @model_validator(mode="after")

@@ -77,6 +77,9 @@ class EvaluateConfig(Section):
     # Test images re-embedded under perturbations; worst-case macro recall is a headline metric
     # and a promotion rule (registry.robustness_tolerance). null = off.
     robustness: RobustnessConfig | None = RobustnessConfig()
+    # Grouped k-fold CV of the fusion head on the cached embeddings (by patient_id, else by the
+    # cases stage audit inferred): each headline metric's mean and std over folds. 0 = off.
+    cv_folds: int = Field(0, ge=0, le=20)
 
     @field_validator("seeds")
     @classmethod

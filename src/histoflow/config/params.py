@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from histoflow.config._base import ConfigError, Section
+from histoflow.config.audit import AuditConfig
 from histoflow.config.data import DataConfig, ValidateConfig
 from histoflow.config.evaluation import EvaluateConfig, ReferenceConfig, RegistryConfig
 from histoflow.config.operations import DeployConfig, MonitorConfig
@@ -30,6 +31,7 @@ class Params(Section):
     captions: CaptionsConfig
     train_encoder: TrainEncoderConfig
     embed: EmbedConfig
+    audit: AuditConfig = AuditConfig()
     train_fusion: TrainFusionConfig
     evaluate: EvaluateConfig
     reference: ReferenceConfig

@@ -24,6 +24,7 @@ STAGE_NAMES = (
     "captions",
     "train_encoder",
     "embed",
+    "audit",
     "train_fusion",
     "evaluate",
     "reference",

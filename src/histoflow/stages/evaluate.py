@@ -52,6 +52,7 @@ class Inputs:
     encoder_history: Path = Path("outputs/train_encoder/history.csv")
     fusion_history: Path = Path("outputs/train_fusion/history.csv")
     caption_gallery: Path = Path("reports/captions")
+    cases: Path = Path("outputs/audit/cases.csv")  # inferred cases, for evaluate.cv_folds
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,8 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
             metrics["robustness"].get("leave_one_group_out"),
         )
         metrics[WORST_CASE] = metrics["robustness"]["worst"]["macro_recall"]
+    if p.cv_folds:
+        metrics["grouped_cv"] = _grouped_cv(cfg, inputs.cases, tensors, index, classes)
 
     predictions = _predictions(table, probs, unc, classes, y_true, groups + extra)
     with atomic_path(outputs.predictions) as tmp:
@@ -281,6 +284,32 @@ def _seed_spread(cfg: Params, tensors: dict, index: pd.DataFrame, classes: list[
     )
 
 
+def _grouped_cv(cfg: Params, cases: Path, tensors: dict, index, classes: list[str]) -> dict:
+    """The fusion recipe cross-validated in ``evaluate.cv_folds`` folds grouped by case."""
+    from histoflow.data.quality.cases import case_groups, read_cases
+    from histoflow.evaluation.fusion_cv import fusion_grouped_cv
+    from histoflow.models.fusion import FusionConfig
+
+    groups, source = case_groups(index, read_cases(cases))
+    net_cfg = FusionConfig.from_params(
+        cfg.train_fusion, num_classes=len(classes), **feature_dims(tensors)
+    )
+    p = cfg.evaluate
+    cv = fusion_grouped_cv(
+        tensors,
+        index,
+        classes,
+        net_cfg,
+        cfg.train_fusion,
+        groups,
+        folds=p.cv_folds,
+        seed=p.seed,
+        batch_size=p.batch_size,
+        bins=p.ece_bins,
+    )
+    return {"grouped_by": source, **cv}
+
+
 def _score(net, tensors, rows: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
@@ -398,7 +427,7 @@ def _eval_json(metrics: dict, breakdowns: dict) -> dict:
         for k in (*HEADLINE, "n", "per_class", "by_group", "ci", "ablations", "bootstrap")
     }
     saved["per_class_recall"] = {c: v["recall"] for c, v in metrics["per_class"].items()}
-    for optional in ("cross_group", "seed_spread", "robustness", WORST_CASE):
+    for optional in ("cross_group", "seed_spread", "grouped_cv", "robustness", WORST_CASE):
         if optional in metrics:
             saved[optional] = metrics[optional]
     saved["breakdowns"] = breakdowns  # for the report; breakdowns.csv holds it as a table

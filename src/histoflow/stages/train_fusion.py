@@ -24,9 +24,10 @@ PARAMS = ("train_fusion",)
 
 @dataclass(frozen=True)
 class Inputs:
-    """The feature store of ``embed``."""
+    """The feature store of ``embed``, and the tiles ``audit`` excludes from training."""
 
     features: Path = Path("outputs/embed")
+    excluded: Path = Path("outputs/audit/excluded.csv")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     import torch
 
     from histoflow.embeddings.store import feature_dims, load_features
+    from histoflow.evaluation.label_audit import read_excluded
     from histoflow.models.ablations import create_classifier
     from histoflow.models.checkpoint import save_model
     from histoflow.models.fusion import FusionConfig
@@ -57,8 +59,10 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     tensors, meta, index = load_features(inputs.features)
     classes = class_names(index)
     y = torch.tensor([classes.index(c) for c in index["label"]])
-    train = feature_dataset(tensors, y, (index["split"] == "train").to_numpy())
-    val = feature_dataset(tensors, y, (index["split"] == "val").to_numpy())
+    # Tiles whose labels the audit doubts, when audit.label_issues is exclude (else none).
+    kept = ~index["path"].isin(read_excluded(inputs.excluded)).to_numpy()
+    train = feature_dataset(tensors, y, (index["split"] == "train").to_numpy() & kept)
+    val = feature_dataset(tensors, y, (index["split"] == "val").to_numpy() & kept)
     net_cfg = FusionConfig.from_params(p, num_classes=len(classes), **feature_dims(tensors))
     description = {
         "config": net_cfg.to_dict(),
@@ -92,6 +96,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     metrics = {
         "best_val_macro_recall": fused.best_val_macro_recall,
         "epochs_run": fused.epochs_run,
+        "excluded_by_audit": int((~kept).sum()),
         "ablations": {
             kind: {
                 "best_val_macro_recall": results[kind].best_val_macro_recall,

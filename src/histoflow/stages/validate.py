@@ -102,23 +102,26 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     from histoflow.data.quality.table import feature_table
 
     source = read_source(inputs.data, cfg.data.manifest, cfg.data.label_column)
-    table = assign_splits(
-        source,
-        val_fraction=cfg.data.val_fraction,
-        test_fraction=cfg.data.test_fraction,
-        seed=cfg.data.split_seed,
-    )
-    origin = split_origin(source["split"], table["split"])
-    unlisted = unlisted_images(inputs.data, table["path"], cfg.data.manifest)
+    unlisted = unlisted_images(inputs.data, source["path"], cfg.data.manifest)
     # Unchanged images reuse their rows from the previous run (keyed by path, size, mtime,
     # confirmed by sha256); the cache sits beside the manifest, outside DVC's outputs.
     qc = feature_table(
-        [inputs.data / p for p in table["path"]],
+        [inputs.data / p for p in source["path"]],
         workers=cfg.validate.workers,
         cache=outputs.manifest.parent / ".qc_cache.parquet",
         progress=not os.environ.get("TQDM_DISABLE"),  # no bar in a log (tqdm's own switch)
         max_pixels=cfg.data.max_pixels,
     ).drop(columns="path")
+    source = _with_inferred_cases(source.reset_index(drop=True), qc.reset_index(drop=True), cfg)
+    # split_by inferred_case: splits are carved by case; patient_id keeps what the data said.
+    by_case = "case_id" in source and cfg.data.split_by == "inferred_case"
+    table = assign_splits(
+        source.assign(patient_id=source["case_id"]) if by_case else source,
+        val_fraction=cfg.data.val_fraction,
+        test_fraction=cfg.data.test_fraction,
+        seed=cfg.data.split_seed,
+    ).assign(patient_id=source["patient_id"].to_numpy())
+    origin = split_origin(source["split"], table["split"])
     table = pd.concat([table.reset_index(drop=True), qc.reset_index(drop=True)], axis=1)
     # A file (or folder) name that is not UTF-8 is escaped for the report and the manifest;
     # the file's QC row says it is unreadable, and why.
@@ -193,6 +196,31 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     }
     write_metrics(outputs.metrics, metrics, copy_in=outputs.report)
     return metrics
+
+
+def _with_inferred_cases(source, qc, cfg: Params):
+    """``source`` with ``case_id`` and ``case_confidence`` when the data names no patients.
+
+    Inferred from colour statistics and pHash neighbours (no encoder exists yet); also with
+    ``data.split_by: inferred_case``. Data with patient ids is returned as it is.
+    """
+    from histoflow.data.quality.cases import colour_block, has_patient_ids, infer_cases
+
+    if has_patient_ids(source) or len(source) < 3:
+        if cfg.data.split_by == "inferred_case":
+            print("validate: the data names its patients; splits are carved by patient_id")
+        return source
+    cases = infer_cases(
+        [colour_block(qc)],
+        phash=qc["phash"].fillna("").astype(str).tolist(),
+        phash_distance=cfg.validate.near_duplicate_distance,
+        neighbours=cfg.validate.case_neighbours,
+        resolution=cfg.validate.case_resolution,
+        seed=cfg.data.split_seed,
+    )
+    return source.assign(
+        case_id=cases["case_id"].to_numpy(), case_confidence=cases["case_confidence"].to_numpy()
+    )
 
 
 def _check_exclusion_leaves_every_split(

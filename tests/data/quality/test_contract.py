@@ -140,6 +140,13 @@ def _patient_leak(t: pd.DataFrame) -> dict:
     return {"rows": t.index[t["patient_id"] == "P00"], "text": "P00 (train/val)"}
 
 
+def _inferred_case_leak(t: pd.DataFrame) -> dict:
+    # Cases validate inferred (no patient ids): tile 4 (val) joins the case of tiles 0-3 (train).
+    t["case_id"] = [f"C{i // 4:04d}" for i in range(len(t))]
+    t.loc[4, "case_id"] = "C0000"
+    return {"rows": [0, 1, 2, 3, 4], "text": "C0000 (train/val, 5 images)"}
+
+
 def _duplicate_across_splits(t: pd.DataFrame) -> dict:
     assert t.loc[0, "split"] != t.loc[20, "split"] and t.loc[0, "label"] == t.loc[20, "label"]
     t.loc[20, ["sha256", "phash"]] = t.loc[0, ["sha256", "phash"]]
@@ -196,6 +203,7 @@ DEFECTS: dict[str, tuple[str, Callable[[pd.DataFrame], dict]]] = {
     "class_min_count": ("class_min_count", _class_min_count),
     "class_missing": ("class_min_count", _class_missing),
     "patient_leak": ("patient_leak", _patient_leak),
+    "inferred_case_leak": ("inferred_case_leak", _inferred_case_leak),
     "duplicate_across_splits": ("duplicate_across_splits", _duplicate_across_splits),
     "mode": ("mode", _mode),
     "size": ("size", _size),
@@ -223,9 +231,9 @@ def test_clean_table_passes():
     assert result.success
     assert result.violations == ()
     # Every check on (class_missing_from_split once per split), plus three schema expectations.
-    assert result.statistics["evaluated_expectations"] == len(result.expectations) == 24
+    assert result.statistics["evaluated_expectations"] == len(result.expectations) == 25
     assert result.statistics["unsuccessful_expectations"] == 0
-    assert result.summary() == "Data contract passed (24 expectations)."
+    assert result.summary() == "Data contract passed (25 expectations)."
 
 
 @pytest.mark.parametrize("name", list(DEFECTS))
@@ -277,7 +285,7 @@ def test_summary_lists_errors_before_warnings_and_dict_is_json():
     _unknown_label(table)
     result = _check(table)
     text = result.summary(max_paths=1)
-    assert text.startswith("Data contract FAILED: 1 error, 1 warning (24 expectations).")
+    assert text.startswith("Data contract FAILED: 1 error, 1 warning (25 expectations).")
     assert text.index("ERROR [unknown_label]") < text.index("WARNING [blurred]")
     assert "tumor/img_005.png" in text
     assert "... and 1 more" in text

@@ -62,7 +62,9 @@ def check_contract(
     ``near_duplicate_distance`` bits in different splits, bytes differing); ``blurred``
     (``blur < min_blur``) and ``blank`` (``tissue_fraction < min_tissue_fraction``),
     readable images only; ``class_imbalance`` (largest / smallest class above
-    ``max_class_ratio``); ``conflicting_labels`` (same sha256, different labels).
+    ``max_class_ratio``); ``conflicting_labels`` (same sha256, different labels);
+    ``inferred_case_leak`` (a ``case_id`` that validate inferred, for data without patient ids,
+    in several splits).
 
     Args:
         table: One row per image; extra columns are ignored.

@@ -108,6 +108,12 @@ def derive_columns(
     frame["_patient_n_splits"] = (
         frame.groupby("patient_id")["split"].transform("nunique").fillna(1).astype(int)
     )
+    # Cases validate inferred when the data names no patients (histoflow.data.quality.cases).
+    frame["_case_n_splits"] = (
+        frame.groupby("case_id")["split"].transform("nunique").fillna(1).astype(int)
+        if "case_id" in frame
+        else 1
+    )
     # Only known classes are counted; an unknown label is the label rule's business.
     counts = frame.loc[frame["label"].isin(list(classes)), "label"].value_counts()
     frame["_class_count"] = frame["label"].map(counts)

@@ -149,6 +149,11 @@ def contract_rules(
         ),
         Rule("patient_leak", in_set(column="_patient_n_splits", value_set=[1]), _patients_message),
         Rule(
+            "inferred_case_leak",
+            in_set(column="_case_n_splits", value_set=[1]),
+            _cases_message,
+        ),
+        Rule(
             "duplicate_across_splits",
             in_set(column="_sha_n_splits", value_set=[1]),
             _groups_message("identical files (same sha256) must not be in two splits", "split"),
@@ -300,6 +305,22 @@ def _patients_message(frame: pd.DataFrame, rows: list[int]) -> str:
     named = ", ".join(f"{patient} ({'/'.join(s)})" for patient, s in splits.iloc[:10].items())
     more = f" and {len(splits) - 10} more" if len(splits) > 10 else ""
     return f"each patient must be in exactly one split; {len(splits)} in several: {named}{more}"
+
+
+def _cases_message(frame: pd.DataFrame, rows: list[int]) -> str:
+    bad = frame.iloc[rows]
+    splits = bad.groupby("case_id", sort=True)["split"].agg(lambda s: sorted(set(s)))
+    sizes = bad.groupby("case_id").size()
+    named = ", ".join(
+        f"{case} ({'/'.join(s)}, {sizes[case]} images)" for case, s in splits.iloc[:10].items()
+    )
+    more = f" and {len(splits) - 10} more" if len(splits) > 10 else ""
+    return (
+        "tiles of one slide should sit in one split; without patient ids, cases inferred from "
+        f"colour and pHash neighbours (outputs/validate/manifest.parquet case_id) put "
+        f"{len(splits)} in several: {named}{more}; give patient ids, or remove the split "
+        "column and set data.split_by: inferred_case"
+    )
 
 
 def _class_count_message(min_per_class: int) -> Callable[[pd.DataFrame, list[int]], str]:

@@ -1,0 +1,128 @@
+"""Label audit: tiles whose given label a probe on the cached embeddings doubts.
+
+Confident learning (Northcutt et al., JAIR 2021, as implemented by cleanlab): a probe trained on
+the other folds gives each tile out-of-fold class probabilities; the per-class confidence
+thresholds and the confident joint they imply estimate how many labels of each class are wrong,
+and ``cleanlab.filter.find_label_issues`` names that many tiles, the least self-confident first.
+The probe is a logistic regression on standardised pooled embeddings: cheap, and a tile never
+scores itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+__all__ = [
+    "EXCLUDED_COLUMNS",
+    "ISSUE_COLUMNS",
+    "find_label_issues",
+    "out_of_fold_probabilities",
+    "read_excluded",
+]
+
+ISSUE_COLUMNS = ("path", "split", "given", "likely", "score")
+# The exclusion list stage audit writes and train_fusion reads: one row per tile left out.
+EXCLUDED_COLUMNS = ("path", "reason")
+
+
+def read_excluded(path: Path) -> set[str]:
+    """The tile paths an exclusion list names (empty unless ``audit.label_issues: exclude``).
+
+    Raises:
+        FileNotFoundError: the list does not exist (stage ``audit`` has not run).
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"{path} not found: run `histoflow stage audit` (or `dvc repro`) first"
+        )
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if list(table.columns) != list(EXCLUDED_COLUMNS):
+        raise ValueError(
+            f"{path}: expected columns {list(EXCLUDED_COLUMNS)}, got {list(table.columns)}"
+        )
+    return set(table["path"])
+
+
+def out_of_fold_probabilities(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    groups: np.ndarray | None = None,
+) -> np.ndarray:
+    """Class probabilities of each row from a logistic-regression probe that never saw it.
+
+    Args:
+        x: (N, D) embeddings.
+        y: (N,) class indices, every class present.
+        folds: cross-validation folds (at most the smallest class's count).
+        seed: shuffles the fold assignment.
+        groups: (N,) case ids; folds then never split a case (StratifiedGroupKFold).
+
+    Returns:
+        (N, C) out-of-fold probabilities, rows summing to 1.
+
+    Raises:
+        ValueError: a class with fewer rows than ``folds``.
+    """
+    counts = np.bincount(y)
+    if counts.min() < folds:
+        raise ValueError(
+            f"the label audit needs at least {folds} tiles per class (audit.folds); class "
+            f"index {int(counts.argmin())} has {int(counts.min())}: lower audit.folds"
+        )
+    if groups is None:
+        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    else:
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=1000))
+    return cross_val_predict(
+        probe, x, y, groups=groups, cv=splitter, method="predict_proba"
+    ).astype(np.float64)
+
+
+def find_label_issues(
+    probabilities: np.ndarray, y: np.ndarray, index: pd.DataFrame, classes: list[str]
+) -> pd.DataFrame:
+    """The tiles confident learning flags, most doubtful first.
+
+    Args:
+        probabilities: (N, C) out-of-fold probabilities (:func:`out_of_fold_probabilities`).
+        y: (N,) given class indices.
+        index: the N rows (``path``, ``split``) in the same order.
+        classes: class names, by index.
+
+    Returns:
+        One row per suspect tile with :data:`ISSUE_COLUMNS`: the given and the likely (most
+        probable) label, ``score`` = cleanlab's label quality (self-confidence: the probability
+        of the given label; lower = more doubtful), ranked by it.
+    """
+    from cleanlab.filter import find_label_issues as _cleanlab_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    ranked = _cleanlab_issues(
+        labels=y,
+        pred_probs=probabilities,
+        filter_by="prune_by_noise_rate",
+        return_indices_ranked_by="self_confidence",
+    )
+    quality = get_label_quality_scores(y, probabilities, method="self_confidence")
+    names = np.asarray(classes, dtype=object)
+    return pd.DataFrame(
+        {
+            "path": index["path"].to_numpy()[ranked],
+            "split": index["split"].to_numpy()[ranked],
+            "given": names[y[ranked]],
+            "likely": names[probabilities[ranked].argmax(1)],
+            "score": quality[ranked],  # unrounded: the most doubtful are near 0
+        },
+        columns=list(ISSUE_COLUMNS),
+    )
