@@ -57,6 +57,8 @@ class RegistryConfig(Section):
     ci_rule: bool = True  # when a CI exists: its lower bound must reach the champion's value
     # When evaluate.seeds recorded a spread: the gain must exceed this many seed stds. 0 = off.
     noise_factor: float = Field(2.0, ge=0)
+    # Conformal rule: every class's test coverage >= 1 - alpha - this; null = off.
+    coverage_tolerance: float | None = Field(0.05, ge=0, lt=1)
     retries: int = Field(3, ge=0, le=20)  # registration retries on an unreachable server
     retry_backoff_s: float = Field(2.0, ge=0)  # first retry delay; doubles each time
     lock_timeout_s: float = Field(60.0, gt=0)  # wait this long for another promotion to finish

@@ -83,6 +83,12 @@ def evidence(client: MlflowClient, cfg: RegistryConfig, version: str) -> Evidenc
             if k.startswith("recall.")
         },
         seed_std=metrics.get(f"{cfg.metric}.seed_std"),
+        class_coverage={
+            k.removeprefix("coverage."): float(v)
+            for k, v in metrics.items()
+            if k.startswith("coverage.")
+        },
+        alpha=metrics.get("conformal.alpha"),
     )
 
 

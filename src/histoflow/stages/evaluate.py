@@ -61,6 +61,8 @@ class Outputs:
     breakdowns: Path = Path("outputs/evaluate/breakdowns.csv")
     plots: Path = Path("outputs/evaluate/plots")
     report: Path = Path("reports/evaluate")
+    # Calibration and conformal plots, case-level tables (evaluation/calibration.py, cases.py).
+    trust: Path = Path("outputs/evaluate/trust")
 
 
 def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
@@ -69,6 +71,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
 
     from histoflow.evaluation.plots import write_plots
     from histoflow.models.ablations import load_classifier
+    from histoflow.models.calibration import Calibration
 
     p = cfg.evaluate
     tensors, _, index = load_features(inputs.features)
@@ -81,7 +84,9 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     y_true = np.array([classes.index(c) for c in table["label"]])
     weights = bootstrap_weights(len(y_true), p.bootstrap, p.seed)  # shared: paired comparisons
 
-    probs, unc = _score(net, tensors, test, p.batch_size)
+    # The deployed probabilities are the calibrated ones: every metric below scores those.
+    calibration = Calibration.from_meta(meta)
+    probs, unc = _score(net, tensors, test, p.batch_size, calibration.temperature)
     metrics = classification_metrics(y_true, probs, classes, bins=p.ece_bins)
     metrics["ci"] = bootstrap_ci(y_true, probs, weights, bins=p.ece_bins)
     metrics["bootstrap"] = p.bootstrap
@@ -108,6 +113,18 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         metrics["seed_spread"] = _seed_spread(cfg, tensors, index, classes)
 
     predictions = _predictions(table, probs, unc, classes, y_true, groups + extra)
+    trust_pngs = _trust(
+        outputs.trust,
+        metrics,
+        predictions,
+        calibration,
+        (net, tensors, test),
+        y_true,
+        probs,
+        classes,
+        weights,
+        p,
+    )
     with atomic_path(outputs.predictions) as tmp:
         predictions.to_csv(tmp, index=False)
     with atomic_path(outputs.summary) as tmp:
@@ -130,7 +147,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         write_report(
             outputs.report,
             saved,
-            plots=pngs,
+            plots=pngs + trust_pngs,
             panels=panels,
             panels_dir=Path(panel_dir),
             caption_gallery=inputs.caption_gallery / "gallery.html",
@@ -197,7 +214,33 @@ def _seed_spread(cfg: Params, tensors: dict, index: pd.DataFrame, classes: list[
     )
 
 
-def _score(net, tensors, rows: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def _trust(folder, metrics, predictions, calibration, scored, y, probs, classes, weights, p):
+    """Calibration before/after and the conformal sets' coverage (#14): metrics, columns, plots."""
+    from histoflow.evaluation.calibration import (
+        calibration_metrics,
+        conformal_metrics,
+        write_calibration_plots,
+    )
+    from histoflow.models.calibration import set_labels
+
+    raw, _ = _score(*scored, p.batch_size)  # temperature 1: the probabilities before calibration
+    metrics["calibration"] = calibration_metrics(
+        y, raw, probs, weights, temperature=calibration.temperature, bins=p.ece_bins
+    )
+    conformal = None
+    if calibration.has_sets:
+        in_set = calibration.prediction_sets(probs)
+        conformal = conformal_metrics(y, in_set, classes, calibration.alpha, weights)
+        metrics["conformal"] = conformal
+        predictions["prediction_set"] = set_labels(in_set, classes)
+        predictions["set_size"] = in_set.sum(1)
+        predictions["covered"] = in_set[np.arange(len(y)), y]
+    return write_calibration_plots(folder, y, raw, probs, conformal, bins=p.ece_bins)
+
+
+def _score(
+    net, tensors, rows: np.ndarray, batch_size: int, temperature: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
     from histoflow.inference import fuse
@@ -209,6 +252,7 @@ def _score(net, tensors, rows: np.ndarray, batch_size: int) -> tuple[np.ndarray,
         tensors["text_tokens"][r],
         tensors["text_mask"][r],
         batch_size,
+        temperature=temperature,
     )
 
 
@@ -314,7 +358,7 @@ def _eval_json(metrics: dict, breakdowns: dict) -> dict:
         for k in (*HEADLINE, "n", "per_class", "by_group", "ci", "ablations", "bootstrap")
     }
     saved["per_class_recall"] = {c: v["recall"] for c, v in metrics["per_class"].items()}
-    for optional in ("cross_group", "seed_spread"):
+    for optional in ("cross_group", "seed_spread", "calibration", "conformal", "cases"):
         if optional in metrics:
             saved[optional] = metrics[optional]
     saved["breakdowns"] = breakdowns  # for the report; breakdowns.csv holds it as a table
