@@ -32,6 +32,10 @@ class EvaluateConfig(Section):
     # The fusion head retrained with each seed on the cached embeddings: the headline metrics'
     # mean and std over seeds, the noise a promotion must beat (registry.noise_factor). () = off.
     seeds: tuple[int, ...] = ()
+    # Case-level results (evaluation/cases.py): tiles aggregated per value of these columns
+    # (those the data has), by mean probabilities or a majority vote of the tiles.
+    case_columns: tuple[str, ...] = ("patient_id",)
+    case_method: Literal["mean", "vote"] = "mean"
 
     @field_validator("seeds")
     @classmethod

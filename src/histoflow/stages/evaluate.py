@@ -125,6 +125,8 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         weights,
         p,
     )
+    # After the plots: they replace the trust folder as a whole.
+    metrics["cases"] = _cases(outputs.trust, table, y_true, probs, classes, p)
     with atomic_path(outputs.predictions) as tmp:
         predictions.to_csv(tmp, index=False)
     with atomic_path(outputs.summary) as tmp:
@@ -212,6 +214,23 @@ def _seed_spread(cfg: Params, tensors: dict, index: pd.DataFrame, classes: list[
         batch_size=p.batch_size,
         bins=p.ece_bins,
     )
+
+
+def _cases(folder: Path, table, y, probs, classes, p) -> dict:
+    """Patient/slide-level results (#14): one CSV per case column, metrics with CIs over cases."""
+    from histoflow.evaluation.cases import aggregate_cases, case_metrics
+
+    out = {}
+    for column in (c for c in p.case_columns if c in table):
+        cases = aggregate_cases(
+            table[column], probs, classes, labels=table["label"], method=p.case_method
+        )
+        out[column] = case_metrics(cases, classes, resamples=p.bootstrap, seed=p.seed) | {
+            "method": p.case_method
+        }
+        with atomic_path(Path(folder) / f"cases_{column}.csv") as tmp:
+            cases.to_csv(tmp, index=False)
+    return out
 
 
 def _trust(folder, metrics, predictions, calibration, scored, y, probs, classes, weights, p):
