@@ -71,7 +71,13 @@ def calibration_metrics(
 
 
 def conformal_metrics(
-    y: np.ndarray, in_set: np.ndarray, classes: Sequence[str], alpha: float, weights: np.ndarray
+    y: np.ndarray,
+    in_set: np.ndarray,
+    classes: Sequence[str],
+    alpha: float,
+    weights: np.ndarray,
+    *,
+    empty: np.ndarray | None = None,
 ) -> dict:
     """Coverage overall and per class, set sizes, singleton and empty shares.
 
@@ -81,6 +87,8 @@ def conformal_metrics(
         classes: the C class names.
         alpha: the miscoverage the sets were calibrated for (target coverage 1 - alpha).
         weights: (R, N) bootstrap resample counts, for the mean set size's CI.
+        empty: (N,) bool, the rows conformal left empty before the top class was added
+            (``empty_share``); None = the empty sets of ``in_set``.
     """
     covered = in_set[np.arange(len(y)), y]
     size = in_set.sum(1)
@@ -101,7 +109,7 @@ def conformal_metrics(
         "mean_set_size": float(size.mean()) if len(y) else None,
         "mean_set_size_ci": _percentile_ci((weights @ size) / weights.sum(1)),
         "singleton_share": float((size == 1).mean()) if len(y) else None,
-        "empty_share": float((size == 0).mean()) if len(y) else None,
+        "empty_share": float((size == 0 if empty is None else empty).mean()) if len(y) else None,
         "set_size_counts": {str(s): int((size == s).sum()) for s in range(in_set.shape[1] + 1)},
         "per_class": per_class,
     }

@@ -80,11 +80,18 @@ class Calibration:
         """Whether conformal calibration was fitted (else every set is every class)."""
         return self.alpha is not None
 
-    def prediction_sets(self, probs: np.ndarray) -> np.ndarray:
+    def prediction_sets(self, probs: np.ndarray, *, nonempty: bool = True) -> np.ndarray:
         """(N, C) calibrated probabilities -> (N, C) bool: which classes are in each row's set.
 
         Without conformal calibration every class is in every set (no guarantee is claimed).
         A class with no calibration rows has p-value 1 and so is always in the set.
+
+        Args:
+            probs: (N, C) calibrated probabilities.
+            nonempty: a set conformal leaves empty (every class rejected: a tile unlike the
+                calibration tiles of any class) gets the top class. Adding a class can only
+                raise coverage, so the guarantee stands, and a user always gets an answer;
+                ``evaluate`` reports how often it happened (``empty_share``).
         """
         from crepes import ConformalClassifier
 
@@ -102,7 +109,10 @@ class Calibration:
             ]
             for k in range(c)
         ]
-        return np.stack(columns, 1).astype(bool)
+        in_set = np.stack(columns, 1).astype(bool)
+        if nonempty:
+            in_set[np.arange(n), probs.argmax(1)] |= ~in_set.any(1)
+        return in_set
 
 
 def set_labels(in_set: np.ndarray, classes: list[str]) -> list[str]:

@@ -249,7 +249,8 @@ def _trust(folder, metrics, predictions, calibration, scored, y, probs, classes,
     conformal = None
     if calibration.has_sets:
         in_set = calibration.prediction_sets(probs)
-        conformal = conformal_metrics(y, in_set, classes, calibration.alpha, weights)
+        empty = ~calibration.prediction_sets(probs, nonempty=False).any(1)
+        conformal = conformal_metrics(y, in_set, classes, calibration.alpha, weights, empty=empty)
         metrics["conformal"] = conformal
         predictions["prediction_set"] = set_labels(in_set, classes)
         predictions["set_size"] = in_set.sum(1)
