@@ -55,7 +55,10 @@ def test_class_conditional_coverage_holds_per_class_over_repeated_draws():
         scores, labels = fit_conformal(probs, y, alpha)
         cal = Calibration(alpha=alpha, scores=scores, labels=labels)
         t_probs, t_y = _draw(rng, n_test)
-        in_set = cal.prediction_sets(t_probs)
+        # The conformal sets as such (served sets also always hold the top class: a superset).
+        in_set = cal.prediction_sets(t_probs, nonempty=False)
+        served = cal.prediction_sets(t_probs)
+        assert (served >= in_set).all() and served[np.arange(n_test), t_probs.argmax(1)].all()
         for k in range(3):
             covered[d, k] = in_set[t_y == k, k].sum()
             counts[d, k] = (t_y == k).sum()

@@ -265,8 +265,8 @@ def _trust(m: dict) -> str:
             f"{conf['target']:.0%} of each class's images. Coverage "
             f"{_fmt(conf['coverage'], conf['coverage_ci'])}, mean set size "
             f"{_fmt(conf['mean_set_size'], conf['mean_set_size_ci'])}, singletons "
-            f"{conf['singleton_share']:.1%}; {conf['empty_share']:.1%} were empty and got the "
-            "top class.</p><table><tr>"
+            f"{conf['singleton_share']:.1%}; {conf['empty_share']:.1%} would have been empty "
+            "without the top class, which every set holds.</p><table><tr>"
             f"<th>class</th><th>coverage [95% Wilson CI]</th><th>n</th><th>mean set size</th>"
             f"</tr>{rows}</table>"
         )

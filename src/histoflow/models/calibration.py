@@ -88,10 +88,13 @@ class Calibration:
 
         Args:
             probs: (N, C) calibrated probabilities.
-            nonempty: a set conformal leaves empty (every class rejected: a tile unlike the
-                calibration tiles of any class) gets the top class. Adding a class can only
-                raise coverage, so the guarantee stands, and a user always gets an answer;
-                ``evaluate`` reports how often it happened (``empty_share``).
+            nonempty: the top class is always in the set. Class-conditional sets can otherwise
+                leave it out (a tile more typical of class B's calibration tiles than of A's,
+                though A scores higher) or be empty (every class rejected: a tile unlike any
+                class's calibration tiles). Adding a class can only raise coverage, so the
+                guarantee stands, and a set always holds the label shown beside it;
+                ``evaluate`` reports how often conformal alone gave an empty set
+                (``empty_share``).
         """
         from crepes import ConformalClassifier
 
@@ -111,7 +114,7 @@ class Calibration:
         ]
         in_set = np.stack(columns, 1).astype(bool)
         if nonempty:
-            in_set[np.arange(n), probs.argmax(1)] |= ~in_set.any(1)
+            in_set[np.arange(n), probs.argmax(1)] = True
         return in_set
 
 
