@@ -1,4 +1,9 @@
-"""Conformal sets as a monitoring signal: a stain-shifted batch gets larger sets."""
+"""Conformal sets as a monitoring signal on a stain-shifted batch.
+
+Measured on the tiny project's model: a stain shift makes it confidently wrong, so its sets
+do not widen (mean size 1.35 -> 1.12), but their coverage on labelled tiles falls below the
+promise (0.92 -> 0.70 at 1 - alpha = 0.8): the labelled-coverage signal is what catches it.
+"""
 
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +26,9 @@ def _predict(predictor, folder):
     return table
 
 
-def test_stain_shifted_batch_gets_larger_sets(reproduced_project, tmp_path):
+def test_stain_shifted_batch_breaks_the_sets_promise_and_monitoring_sees_it(
+    reproduced_project, tmp_path
+):
     out = reproduced_project / "outputs"
     predictor = Predictor.from_folders(
         out / "train_encoder/model", out / "train_fusion/model", accelerator="cpu"
@@ -45,7 +52,11 @@ def test_stain_shifted_batch_gets_larger_sets(reproduced_project, tmp_path):
     reference = pd.DataFrame({"set_size": same["set_size"]})
     in_dist = prediction_set_signal(reference, same, same["truth"], classes)
     moved = prediction_set_signal(reference, shifted, shifted["truth"], classes)
-    assert moved["mean_set_size"] > in_dist["mean_set_size"], (in_dist, moved)
-    assert moved["ratio"] > 1 and in_dist["ratio"] == pytest.approx(1.0)
-    # In distribution the sets keep about their 1 - alpha promise (60 labelled tiles).
-    assert in_dist["coverage"] >= 0.65 and in_dist["n_labelled"] == 60
+    # In distribution the sets keep their 1 - alpha = 0.8 promise (60 labelled tiles)...
+    assert in_dist["coverage"] >= 0.8 and in_dist["n_labelled"] == 60, in_dist
+    assert in_dist["ratio"] == pytest.approx(1.0)
+    # ...on the shifted stain they break it, and the batch's coverage says so.
+    assert moved["coverage"] < 0.8 and moved["coverage"] < in_dist["coverage"] - 0.1, moved
+    # The set size is reported against the reference's either way (here it shrinks: the
+    # model is confidently wrong; a model that grows unsure would widen its sets instead).
+    assert moved["ratio"] == pytest.approx(moved["mean_set_size"] / in_dist["mean_set_size"])
