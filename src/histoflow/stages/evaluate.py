@@ -126,7 +126,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         p,
     )
     # After the plots: they replace the trust folder as a whole.
-    metrics["cases"] = _cases(outputs.trust, table, y_true, probs, classes, p)
+    metrics["cases"] = _cases(outputs.trust, table, probs, classes, p)
     with atomic_path(outputs.predictions) as tmp:
         predictions.to_csv(tmp, index=False)
     with atomic_path(outputs.summary) as tmp:
@@ -216,7 +216,7 @@ def _seed_spread(cfg: Params, tensors: dict, index: pd.DataFrame, classes: list[
     )
 
 
-def _cases(folder: Path, table, y, probs, classes, p) -> dict:
+def _cases(folder: Path, table, probs, classes, p) -> dict:
     """Patient/slide-level results (#14): one CSV per case column, metrics with CIs over cases."""
     from histoflow.evaluation.cases import aggregate_cases, case_metrics
 
