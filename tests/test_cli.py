@@ -88,6 +88,8 @@ def test_predict_with_the_champion(trained_project, tiny_data, monkeypatch, tmp_
                 str(tiny_data / "adipose" / "*.png"),
                 "--out",
                 str(out),
+                "--group-by",
+                "folder",
             ]
         )
         == 0
@@ -95,6 +97,12 @@ def test_predict_with_the_champion(trained_project, tiny_data, monkeypatch, tmp_
     table = pd.read_csv(out)
     assert len(table) == 32
     assert {"path", "label", "confidence", "uncertainty", "prob_stroma", "caption"} <= set(table)
+    sizes = table["prediction_set"].fillna("").map(lambda s: len(s.split("|")) if s else 0)
+    assert "set_size" in table and (table["set_size"] == sizes).all()
+    # --group-by: one row per case (here each image's folder) beside the tile rows.
+    cases = pd.read_csv(tmp_path / "preds_cases.csv")
+    assert cases["folder"].tolist() == ["adipose", "stroma"]
+    assert cases["n_images"].tolist() == [16, 16]
     # The champion beats chance on the classes it was trained on.
     truth = table["path"].str.contains("stroma").map({True: "stroma", False: "adipose"})
     assert (table["label"] == truth).mean() > 0.5

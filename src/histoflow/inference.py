@@ -8,7 +8,7 @@ and ``histoflow predict`` and the monitoring flow call :meth:`Predictor.predict_
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from histoflow.data.images import DEFAULT_MAX_PIXELS, ImageTooLarge, load_rgb
 from histoflow.data.stain_normalization import create_stain_normalizer
 from histoflow.data.transforms import create_transform
 from histoflow.device import autocast, pick_device, use_bf16
+from histoflow.models.calibration import Calibration, set_labels
 from histoflow.models.checkpoint import load_encoder, load_fusion
 from histoflow.models.encoder import encode_images
 from histoflow.models.fusion import FusionNet, head_disagreement
@@ -75,14 +76,23 @@ def fuse(
     text_tokens: torch.Tensor,
     text_mask: torch.Tensor,
     batch_size: int = 256,
+    *,
+    temperature: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities (N, C), averaged over heads, and head disagreement (N,)."""
+    """Class probabilities (N, C), averaged over heads, and head disagreement (N,).
+
+    ``temperature`` (the model's :class:`~histoflow.models.calibration.Calibration`) divides
+    every head's logits before the softmax.
+    """
     probs, unc = [], []
     for s in range(0, len(image_tokens), batch_size):
-        head_probs = net(
-            image_tokens[s : s + batch_size].float(),
-            text_tokens[s : s + batch_size].float(),
-            text_mask[s : s + batch_size],
+        head_probs = (
+            net(
+                image_tokens[s : s + batch_size].float(),
+                text_tokens[s : s + batch_size].float(),
+                text_mask[s : s + batch_size],
+            )
+            / temperature
         ).softmax(-1)  # (B, K, C)
         probs.append(head_probs.mean(1))
         unc.append(head_disagreement(head_probs))
@@ -100,6 +110,8 @@ class Predictor:
     text: TextEncoder
     captioner: Callable[[Image.Image], str]
     classes: list[str]
+    # Temperature and conformal sets stored with the fusion model (none: T = 1, full sets).
+    calibration: Calibration = field(default_factory=Calibration)
 
     @classmethod
     def from_folders(
@@ -115,7 +127,9 @@ class Predictor:
             precision="bf16" if embedder.bf16 else "32",
         )
         captioner = create_captioner(meta.get("captioner", {"backend": "morphology"}))
-        return cls(embedder, fusion, text, captioner, list(meta["classes"]))
+        return cls(
+            embedder, fusion, text, captioner, list(meta["classes"]), Calibration.from_meta(meta)
+        )
 
     def tokens(
         self, images: Sequence[Image.Image]
@@ -130,7 +144,12 @@ class Predictor:
         return image_tokens, text.tokens, text.mask
 
     def predict(self, images: Sequence[Image.Image], batch_size: int = 64) -> pd.DataFrame:
-        """One row per image: ``label``, ``confidence``, ``uncertainty``, ``prob_<class>``, ``caption``."""
+        """One row per image: ``label``, ``confidence``, ``uncertainty``, ``prob_<class>``, ``caption``.
+
+        Then ``prediction_set`` (the conformal set, class names joined by ``|``: at the model's
+        alpha, the true class is in it for at least 1 - alpha of each class's images) and
+        ``set_size``.
+        """
         return self.predict_with_embeddings(images, batch_size)[0]
 
     def predict_with_embeddings(
@@ -143,12 +162,21 @@ class Predictor:
             captions = _caption(self.captioner, batch)
             text = self.text.encode(captions)
             b_pooled, tokens = self.embedder.embed_images(batch)
-            probs, unc = fuse(self.fusion, tokens, text.tokens, text.mask)
+            probs, unc = fuse(
+                self.fusion,
+                tokens,
+                text.tokens,
+                text.mask,
+                temperature=self.calibration.temperature,
+            )
             frame = pd.DataFrame(probs, columns=[f"prob_{c}" for c in self.classes])
             frame.insert(0, "label", [self.classes[i] for i in probs.argmax(1)])
             frame.insert(1, "confidence", probs.max(1))
             frame.insert(2, "uncertainty", unc)
             frame["caption"] = captions
+            in_set = self.calibration.prediction_sets(probs)
+            frame["prediction_set"] = set_labels(in_set, self.classes)
+            frame["set_size"] = in_set.sum(1)
             frames.append(frame)
             pooled.append(b_pooled.numpy())
         if not frames:
@@ -182,6 +210,8 @@ class Predictor:
             "uncertainty",
             *(f"prob_{c}" for c in self.classes),
             "caption",
+            "prediction_set",
+            "set_size",
         ]
         frames, pooled = [], []
         with tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar:

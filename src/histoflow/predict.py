@@ -10,7 +10,7 @@ import pandas as pd
 
 from histoflow.data.images import IMAGE_SUFFIXES
 
-__all__ = ["collect_images", "predict_paths", "write_predictions"]
+__all__ = ["case_predictions", "cases_path", "collect_images", "predict_paths", "write_predictions"]
 
 
 def collect_images(paths: Iterable[Path | str]) -> list[Path]:
@@ -84,3 +84,60 @@ def write_predictions(table: pd.DataFrame, out: Path, fmt: str = "csv") -> None:
             table.to_json(tmp, orient="records", indent=2)
         else:
             table.to_csv(tmp, index=False)
+
+
+def case_predictions(
+    table: pd.DataFrame, column: str, paths: Iterable[Path | str], method: str = "mean"
+) -> pd.DataFrame:
+    """Case-level predictions (one row per patient, slide...) from :func:`predict_paths`' table.
+
+    Args:
+        table: the tile predictions (``path``, ``prob_<class>``, ``error``).
+        column: ``folder`` (each image's parent folder is its case) or a column of a
+            ``manifest.csv`` in a folder named in ``paths`` (e.g. ``patient_id``).
+        paths: what was classified (where manifests are looked for).
+        method: ``mean`` of the tile probabilities or ``vote`` (majority of tile predictions).
+
+    Returns:
+        :func:`histoflow.evaluation.cases.aggregate_cases`' table, its ``case`` column named
+        ``column``; files that could not be read are left out.
+
+    Raises:
+        ValueError: ``column`` is not ``folder`` and no manifest names it for every image.
+    """
+    from histoflow.evaluation.cases import aggregate_cases
+
+    ok = table[table["error"] == ""].reset_index(drop=True)
+    classes = [c.removeprefix("prob_") for c in ok if c.startswith("prob_")]
+    if column == "folder":
+        cases = ok["path"].map(lambda p: Path(p).parent.name)
+    else:
+        cases = ok["path"].map(_manifest_values(paths, column))
+        if cases.isna().any():
+            missing = ok.loc[cases.isna(), "path"].iloc[0]
+            raise ValueError(
+                f"--group-by {column}: no manifest.csv column {column!r} names {missing}; give "
+                "folders whose manifest.csv has that column for every image, or --group-by folder"
+            )
+    out = aggregate_cases(cases, ok.filter(like="prob_").to_numpy(), classes, method=method)
+    return out.rename(columns={"case": column})
+
+
+def cases_path(out: Path) -> Path:
+    """Where the case-level table goes beside ``out``: ``preds.csv`` -> ``preds_cases.csv``."""
+    return out.with_name(f"{out.stem}_cases{out.suffix}")
+
+
+def _manifest_values(paths: Iterable[Path | str], column: str) -> dict[str, str]:
+    """``{image path as predict_paths writes it: value of column}`` from the folders' manifests."""
+    values: dict[str, str] = {}
+    for raw in paths:
+        manifest = Path(raw) / "manifest.csv"
+        if not manifest.is_file():
+            continue
+        frame = pd.read_csv(manifest, dtype=str)
+        if column not in frame or "path" not in frame:
+            continue
+        for rel, value in zip(frame["path"], frame[column], strict=True):
+            values[str(Path(raw) / rel)] = value
+    return values

@@ -10,8 +10,26 @@ from histoflow.registry import Evidence, decide
 RECALLS = {"a": 0.8, "b": 0.9}
 
 
-def _ev(version, value, ci=None, recalls=RECALLS, seed_std=None, worst_case=None):
-    return Evidence(version, value, ci, dict(recalls), seed_std=seed_std, worst_case=worst_case)
+def _ev(
+    version,
+    value,
+    ci=None,
+    recalls=RECALLS,
+    seed_std=None,
+    worst_case=None,
+    coverage=None,
+    alpha=None,
+):
+    return Evidence(
+        version,
+        value,
+        ci,
+        dict(recalls),
+        seed_std=seed_std,
+        worst_case=worst_case,
+        class_coverage=coverage or {},
+        alpha=alpha,
+    )
 
 
 def test_first_model_is_promoted_unless_a_class_is_below_the_floor():
@@ -50,13 +68,22 @@ def test_ci_lower_bound_must_reach_the_champion_when_there_is_a_ci():
 
 def test_every_failed_rule_is_in_the_reason():
     decision = decide(
-        _ev("2", 0.79, ci=(0.6, 0.9), recalls={"a": 0.1, "b": 0.9}, seed_std=0.01, worst_case=0.4),
+        _ev(
+            "2",
+            0.79,
+            ci=(0.6, 0.9),
+            recalls={"a": 0.1, "b": 0.9},
+            seed_std=0.01,
+            worst_case=0.4,
+            coverage={"a": 0.5, "b": 0.95},
+            alpha=0.1,
+        ),
         _ev("1", 0.80, worst_case=0.7),
         RegistryConfig(min_class_recall=0.5),
     )
     assert not decision.promoted
-    assert [c.split(":")[0] for c in decision.checks.values()] == ["fail"] * 5
-    assert decision.reason.count(";") == 4
+    assert [c.split(":")[0] for c in decision.checks.values()] == ["fail"] * 6
+    assert decision.reason.count(";") == 5
 
 
 def test_a_gain_within_the_seed_noise_is_not_a_promotion():
@@ -102,3 +129,23 @@ def test_a_more_fragile_challenger_is_not_promoted():
     assert off.promoted and off.checks["robustness"] == (
         "skipped: registry.robustness_tolerance is null"
     )
+
+
+def test_conformal_coverage_of_every_class_must_keep_its_promise():
+    cfg = RegistryConfig(coverage_tolerance=0.05)  # alpha 0.1: every class >= 0.85
+    kept = decide(_ev("1", 0.9, coverage={"a": 0.86, "b": 0.97}, alpha=0.1), None, cfg)
+    assert kept.promoted and kept.checks["coverage"] == (
+        "pass: every class coverage >= 0.850 (lowest 0.8600)"
+    )
+    broken = decide(_ev("2", 0.9, coverage={"a": 0.84, "b": 0.97}, alpha=0.1), _ev("1", 0.8), cfg)
+    assert not broken.promoted
+    assert broken.checks["coverage"] == "fail: a 0.8400 < 0.850"
+    assert "conformal coverage below 1 - alpha 0.1 - tolerance 0.05 = 0.850: a 0.8400" in (
+        broken.reason
+    )
+    # Models evaluated before conformal sets existed, or the rule switched off: skipped, said so.
+    assert decide(_ev("1", 0.9), None, cfg).checks["coverage"].startswith("skipped: no conformal")
+    off = decide(
+        _ev("1", 0.9, coverage={"a": 0.1}, alpha=0.1), None, RegistryConfig(coverage_tolerance=None)
+    )
+    assert off.promoted and off.checks["coverage"] == "skipped: registry.coverage_tolerance is null"

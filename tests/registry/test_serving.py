@@ -60,6 +60,11 @@ def test_serve_model_answers_from_the_project_and_refuses_bad_input_cleanly(
         "lymphocytes",
         "stroma",
     }
+    # The conformal set comes with every answer (#14): class names joined by "|", and its size.
+    answer = good["predictions"][0]
+    in_set = answer["prediction_set"].split("|")
+    assert set(in_set) <= {"adipose", "lymphocytes", "stroma"}
+    assert answer["set_size"] == len(in_set) >= 1
     for what, (status, answer) in answers.items():
         assert status == 400, (what, answer)
         assert set(answer) == {"error_code", "message"}, (what, answer)

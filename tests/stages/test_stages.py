@@ -161,6 +161,13 @@ def test_evaluate(reproduced_project):
     assert (out.plots / "confusion_matrix.png").stat().st_size > 5_000
     assert (out.plots / "training_curves.png").is_file()
     assert "site" in saved["by_group"]
+    # Calibration before/after and conformal sets at the model's alpha (#14).
+    cal = saved["calibration"]
+    assert cal["temperature"] > 0 and {"ece", "brier", "nll", "ci"} <= set(cal["after"])
+    assert saved["conformal"]["alpha"] == 0.1
+    assert set(saved["conformal"]["per_class"]) == set(saved["per_class_recall"])
+    assert {"prediction_set", "set_size", "covered"} <= set(predictions)
+    assert (out.trust / "reliability_before_after.png").is_file()
 
 
 def test_reference(reproduced_project):

@@ -26,6 +26,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     predict.add_argument("--batch-size", type=int, default=64, help="images per model call")
     predict.add_argument("--no-progress", action="store_true", help="no progress bar")
+    predict.add_argument(
+        "--group-by",
+        metavar="COLUMN",
+        help="also write case-level predictions (OUT_cases.csv): tiles aggregated per 'folder' "
+        "(each image's parent folder) or per a manifest.csv column such as patient_id",
+    )
+    predict.add_argument(
+        "--case-method",
+        choices=("mean", "vote"),
+        default="mean",
+        help="case prediction: mean tile probabilities (default) or majority vote of the tiles",
+    )
     predict.set_defaults(func=_predict)
 
 
@@ -46,9 +58,19 @@ def _predict(args: argparse.Namespace) -> int:
     fmt = args.format or (
         "json" if args.out is not None and args.out.suffix.lower() == ".json" else "csv"
     )
+    cases = None
+    if args.group_by:
+        from histoflow.predict import case_predictions
+
+        cases = case_predictions(table, args.group_by, args.paths, args.case_method)
     if args.out:
         write_predictions(table, args.out, fmt)
         print(f"wrote {len(table)} predictions to {args.out}", file=sys.stderr)
+        if cases is not None:
+            from histoflow.predict import cases_path
+
+            write_predictions(cases, cases_path(args.out), fmt)
+            print(f"wrote {len(cases)} case predictions to {cases_path(args.out)}", file=sys.stderr)
     elif args.format == "json":
         print(table.to_json(orient="records", indent=2))
     elif args.format == "csv":
@@ -58,6 +80,11 @@ def _predict(args: argparse.Namespace) -> int:
             table.drop(
                 columns=[c for c in table if c.startswith("prob_") or c == "caption"]
             ).to_string(index=False)
+        )
+    if cases is not None and not args.out:
+        print(f"\nper {args.group_by}:")
+        print(
+            cases.drop(columns=[c for c in cases if c.startswith("votes_")]).to_string(index=False)
         )
     failed = table[table["error"] != ""]
     if failed.empty:

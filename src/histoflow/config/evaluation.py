@@ -80,6 +80,10 @@ class EvaluateConfig(Section):
     # Grouped k-fold CV of the fusion head on the cached embeddings (by patient_id, else by the
     # cases stage audit inferred): each headline metric's mean and std over folds. 0 = off.
     cv_folds: int = Field(0, ge=0, le=20)
+    # Case-level results (evaluation/cases.py): tiles aggregated per value of these columns
+    # (those the data has), by mean probabilities or a majority vote of the tiles.
+    case_columns: tuple[str, ...] = ("patient_id",)
+    case_method: Literal["mean", "vote"] = "mean"
 
     @field_validator("seeds")
     @classmethod
@@ -108,6 +112,8 @@ class RegistryConfig(Section):
     # The challenger's worst-case macro recall (evaluate.robustness) may be at most this much
     # below the champion's. null = off.
     robustness_tolerance: float | None = Field(0.02, ge=0)
+    # Conformal rule: every class's test coverage >= 1 - alpha - this; null = off.
+    coverage_tolerance: float | None = Field(0.05, ge=0, lt=1)
     retries: int = Field(3, ge=0, le=20)  # registration retries on an unreachable server
     retry_backoff_s: float = Field(2.0, ge=0)  # first retry delay; doubles each time
     lock_timeout_s: float = Field(60.0, gt=0)  # wait this long for another promotion to finish

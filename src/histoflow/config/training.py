@@ -138,6 +138,11 @@ class TrainFusionConfig(Section):
     weight_decay: float = Field(1e-4, ge=0)
     patience: int = Field(10, ge=1)
     seed: int = 42
+    # Calibration (histoflow.models.calibration): this share of the val patients is held out
+    # from early stopping and calibrates the conformal sets; the rest stops training and fits
+    # the temperature. alpha: the sets' target miscoverage per class.
+    calibration_share: float = Field(0.5, gt=0, lt=1)
+    alpha: float = Field(0.1, gt=0, lt=1)
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> TrainFusionConfig:

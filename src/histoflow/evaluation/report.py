@@ -72,6 +72,7 @@ def write_report(
             _cross_group(metrics.get("cross_group")),
             robustness_section(metrics.get("robustness")),
             _per_class(metrics["per_class"]),
+            _trust(metrics),
             _breakdowns(metrics.get("breakdowns", metrics.get("by_group", {}))),
             "<h2>Plots</h2>",
             *(
@@ -236,3 +237,49 @@ def _gallery(rel: str | None) -> str:
         f'<h2>Caption gallery</h2><p><a href="{_e(rel)}">Open the caption gallery</a></p>'
         f'<iframe src="{_e(rel)}" title="caption gallery"></iframe>'
     )
+
+
+def _trust(m: dict) -> str:
+    """Calibration before/after, conformal coverage and set sizes, case-level results (#14)."""
+    parts = []
+    cal = m.get("calibration")
+    if cal:
+        rows = "".join(
+            f"<tr><td>{k}</td><td>{_fmt(cal['before'][k], cal['before']['ci'][k])}</td>"
+            f"<td>{_fmt(cal['after'][k], cal['after']['ci'][k])}</td></tr>"
+            for k in ("ece", "brier", "nll")
+        )
+        parts.append(
+            f"<h2>Calibration (temperature {cal['temperature']:.3f})</h2><table><tr><th>metric"
+            f"</th><th>before [95% CI]</th><th>after</th></tr>{rows}</table>"
+            "<p>Lower is better. The deployed model serves the probabilities after.</p>"
+        )
+    conf = m.get("conformal")
+    if conf:
+        rows = "".join(
+            f"<tr><td>{_e(c)}</td><td>{_fmt(v['coverage'], v['ci'])}</td><td>{v['n']}</td>"
+            f"<td>{_fmt(v['mean_set_size'])}</td></tr>"
+            for c, v in conf["per_class"].items()
+        )
+        parts.append(
+            f"<h2>Prediction sets (alpha {conf['alpha']:g})</h2><p>Each image gets the set of "
+            f"classes the model cannot rule out; the true class should be in it for at least "
+            f"{conf['target']:.0%} of each class's images. Coverage "
+            f"{_fmt(conf['coverage'], conf['coverage_ci'])}, mean set size "
+            f"{_fmt(conf['mean_set_size'], conf['mean_set_size_ci'])}, singletons "
+            f"{conf['singleton_share']:.1%}; {conf['empty_share']:.1%} would have been empty "
+            "without the top class, which every set holds.</p><table><tr>"
+            f"<th>class</th><th>coverage [95% Wilson CI]</th><th>n</th><th>mean set size</th>"
+            f"</tr>{rows}</table>"
+        )
+    for column, c in (m.get("cases") or {}).items():
+        keys = [k for k in ("recognition_rate", "accuracy", "macro_recall") if k in c]
+        rows = "".join(
+            f"<tr><td>{k.replace('_', ' ')}</td><td>{_fmt(c[k], c['ci'].get(k))}</td></tr>"
+            for k in keys
+        )
+        parts.append(
+            f"<h2>Per {_e(column)} ({c['n']} cases, {_e(c['method'])})</h2><table><tr><th>metric"
+            f"</th><th>value [95% CI over cases]</th></tr>{rows}</table>"
+        )
+    return "".join(parts)

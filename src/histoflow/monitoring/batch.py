@@ -19,6 +19,7 @@ from histoflow.monitoring.actions import take_action
 from histoflow.monitoring.data import CONFIDENCE, PREDICTED, MonitorData
 from histoflow.monitoring.reference import Reference
 from histoflow.monitoring.report import monitoring_report, too_few_images_report
+from histoflow.monitoring.sets import SET_SIZE, prediction_set_signal
 
 __all__ = ["batch_labels", "readable_files", "report_batch", "set_aside_failures"]
 
@@ -116,7 +117,9 @@ def report_batch(
     current = MonitorData(
         features=features.loc[ok, list(reference.data.features.columns)].reset_index(drop=True),
         embeddings=reference.project(pooled),
-        predictions=predictions.rename(columns={"label": PREDICTED})[[PREDICTED, CONFIDENCE]],
+        predictions=predictions.rename(columns={"label": PREDICTED})[
+            [PREDICTED, CONFIDENCE, *(c for c in (SET_SIZE,) if c in predictions)]
+        ],
         labels=batch_labels(batch, files, classes),
     )
     extra = {
@@ -149,5 +152,9 @@ def report_batch(
             reference.data, current, cfg, out_dir, classes=classes, extra=extra
         )
         summary["action"] = take_action(summary, cfg)
+    # Conformal sets (#14): mean set size against the reference's, coverage with labels.
+    summary["prediction_sets"] = prediction_set_signal(
+        reference.data.predictions, predictions, current.labels, classes
+    )
     write_json(out_dir / "drift.json", summary)
     return summary

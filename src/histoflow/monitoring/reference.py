@@ -138,6 +138,8 @@ def load_reference(folder: Path, predictions: Path) -> Reference:
             embeddings=pd.read_parquet(folder / _EMBEDDINGS),
             predictions=pd.DataFrame(
                 {PREDICTED: test["predicted"], CONFIDENCE: test.filter(like="prob_").max(axis=1)}
+                # The conformal set sizes on test, where the model has sets (#14).
+                | ({"set_size": test["set_size"]} if "set_size" in test else {})
             ),
         ),
         mean=pca["mean"],

@@ -93,6 +93,7 @@ def render_model_card(
             f"| {v} | {_num(m.get('accuracy'))} | {m.get('n', '?')} |"
             for v, m in sorted(values.items())
         ]
+    lines += _trust_lines(evaluation)
     lines += [
         "",
         "## Intended use",
@@ -189,3 +190,34 @@ def _table(frame: pd.DataFrame) -> str:
     rule = "|---" * len(frame.columns) + "|"
     rows = ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)]
     return "\n".join([head, rule, *rows])
+
+
+def _trust_lines(evaluation: dict) -> list[str]:
+    """Calibration, prediction sets and case-level results (#14), where evaluated."""
+    lines = []
+    cal = evaluation.get("calibration")
+    if cal:
+        lines += ["", f"### Calibration (temperature {cal['temperature']:.3f})", ""]
+        lines += ["| metric | before | after |", "|---|---|---|"]
+        lines += [
+            f"| {k} | {_num(cal['before'][k])} | {_num(cal['after'][k])} |"
+            for k in ("ece", "brier", "nll")
+        ]
+    conf = evaluation.get("conformal")
+    if conf:
+        lines += [
+            "",
+            f"### Prediction sets (alpha {conf['alpha']:g}: the true class in the set for at "
+            f"least {conf['target']:.0%} of each class's tiles)",
+            "",
+            f"Coverage {_num(conf['coverage'])}, mean set size {_num(conf['mean_set_size'])}, "
+            f"singletons {_num(conf['singleton_share'])}; per class: "
+            + ", ".join(f"{c} {_num(v['coverage'])}" for c, v in conf["per_class"].items()),
+        ]
+    for column, c in (evaluation.get("cases") or {}).items():
+        lines += [
+            "",
+            f"Per {column} ({c['n']} cases): recognition rate {_num(c['recognition_rate'])}, "
+            f"accuracy {_num(c['accuracy'])}, macro recall {_num(c['macro_recall'])}.",
+        ]
+    return lines

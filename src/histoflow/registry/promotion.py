@@ -85,6 +85,12 @@ def evidence(client: MlflowClient, cfg: RegistryConfig, version: str) -> Evidenc
         },
         seed_std=metrics.get(f"{cfg.metric}.seed_std"),
         worst_case=metrics.get(WORST_CASE),
+        class_coverage={
+            k.removeprefix("coverage."): float(v)
+            for k, v in metrics.items()
+            if k.startswith("coverage.")
+        },
+        alpha=metrics.get("conformal.alpha"),
     )
 
 

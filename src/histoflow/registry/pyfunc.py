@@ -1,7 +1,8 @@
 """The registered model: one MLflow pyfunc over the whole inference path.
 
 Input: a DataFrame with an ``image`` column of base64-encoded image files (PNG, JPEG, TIFF...).
-Output: ``label``, ``confidence``, ``uncertainty``, ``prob_<class>`` and ``caption`` per row.
+Output: ``label``, ``confidence``, ``uncertainty``, ``prob_<class>``, ``caption``,
+``prediction_set`` and ``set_size`` per row.
 
 The model is logged as code (:data:`MODEL_CODE`, which calls ``mlflow.models.set_model``), not
 pickled: loading it needs the ``histoflow`` package and the logged artifacts (the ``encoder`` and
@@ -41,6 +42,9 @@ def model_signature(classes: list[str]) -> ModelSignature:
         ColSpec("double", "uncertainty"),
         *(ColSpec("double", f"prob_{c}") for c in classes),
         ColSpec("string", "caption"),
+        # The conformal set (class names joined by "|") and its size (#14).
+        ColSpec("string", "prediction_set"),
+        ColSpec("long", "set_size"),
     ]
     return ModelSignature(inputs=Schema([ColSpec("string", "image")]), outputs=Schema(outputs))
 

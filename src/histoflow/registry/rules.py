@@ -8,11 +8,14 @@ Rules (``params.yaml`` ``registry``), checked in this order:
    bound is not below the champion's point value (skipped, and said so, without one);
 4. ``noise``: where a spread over seeds was recorded (``evaluate.seeds``), the gain over the
    champion exceeds ``noise_factor`` x the seed std of ``metric`` (the larger of the two
-   versions' where both have one): a gain within the noise of one training run is chance.
+   versions' where both have one): a gain within the noise of one training run is chance;
 5. ``robustness``: where both versions have a worst-case macro recall under perturbation
    (``evaluate.robustness``), the challenger's is not below the champion's by more than
    ``robustness_tolerance``: a model that gains on clean tiles but breaks on another lab's
-   stain or scanner is not promoted.
+   stain or scanner is not promoted;
+6. ``coverage``: where the challenger's conformal sets were evaluated, every class's test
+   coverage is at least ``1 - alpha - coverage_tolerance``: a model whose sets do not keep
+   their promise for some class must not serve them (checked with or without a champion).
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ class Evidence:
     class_recall: dict[str, float]
     seed_std: float | None = None  # std of the metric over evaluate.seeds, where recorded
     worst_case: float | None = None  # worst-case macro recall under perturbation, where recorded
+    # Conformal sets' test coverage per class and the alpha they were built for, where evaluated.
+    class_coverage: dict[str, float] = field(default_factory=dict)
+    alpha: float | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,9 @@ def decide(challenger: Evidence, champion: Evidence | None, cfg: RegistryConfig)
         checks["robustness"], failure = _robustness(challenger, champion, cfg)
         if failure:
             failures.append(failure)
+    checks["coverage"], failure = _coverage(challenger, cfg)
+    if failure:
+        failures.append(failure)
     if failures:
         reason = "; ".join(failures)
     elif champion is None:
@@ -160,4 +169,23 @@ def _robustness(
     return (
         f"fail: {verdict}",
         f"more fragile than the champion: {verdict}",
+    )
+
+
+def _coverage(challenger: Evidence, cfg: RegistryConfig) -> tuple[str, str | None]:
+    """The ``coverage`` rule's check and, when it fails, the reason."""
+    if cfg.coverage_tolerance is None:
+        return "skipped: registry.coverage_tolerance is null", None
+    if challenger.alpha is None or not challenger.class_coverage:
+        return "skipped: no conformal coverage recorded for the challenger", None
+    need = 1 - challenger.alpha - cfg.coverage_tolerance
+    low = {c: v for c, v in challenger.class_coverage.items() if v < need}
+    if not low:
+        worst = min(challenger.class_coverage.values())
+        return f"pass: every class coverage >= {need:.3f} (lowest {worst:.4f})", None
+    listed = ", ".join(f"{c} {v:.4f}" for c, v in sorted(low.items()))
+    return (
+        f"fail: {listed} < {need:.3f}",
+        f"conformal coverage below 1 - alpha {challenger.alpha:g} - tolerance "
+        f"{cfg.coverage_tolerance:g} = {need:.3f}: {listed}",
     )

@@ -147,7 +147,28 @@ def evaluation_metrics(evaluation: dict) -> dict[str, float]:
         if isinstance(spread, dict):
             metrics[f"{name}.seed_mean"] = float(spread["mean"])
             metrics[f"{name}.seed_std"] = float(spread["std"])
+    metrics.update(_trust_metrics(evaluation))
     return metrics
+
+
+def _trust_metrics(evaluation: dict) -> dict[str, float]:
+    """Calibration before/after and conformal coverage (#14): ``coverage.<class>`` for promotion."""
+    out = {}
+    cal = evaluation.get("calibration") or {}
+    for when in ("before", "after"):
+        for k in ("ece", "brier", "nll"):
+            if cal.get(when, {}).get(k) is not None:
+                out[f"calibration.{k}_{when}"] = float(cal[when][k])
+    if "temperature" in cal:
+        out["calibration.temperature"] = float(cal["temperature"])
+    conformal = evaluation.get("conformal") or {}
+    for k in ("alpha", "coverage", "mean_set_size", "singleton_share", "empty_share"):
+        if conformal.get(k) is not None:
+            out[f"conformal.{k}"] = float(conformal[k])
+    for cls, c in (conformal.get("per_class") or {}).items():
+        if c.get("coverage") is not None:
+            out[f"coverage.{cls}"] = float(c["coverage"])
+    return out
 
 
 def flatten_params(d: dict, prefix: str = "") -> dict[str, str]:

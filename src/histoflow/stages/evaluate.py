@@ -65,6 +65,8 @@ class Outputs:
     breakdowns: Path = Path("outputs/evaluate/breakdowns.csv")
     plots: Path = Path("outputs/evaluate/plots")
     report: Path = Path("reports/evaluate")
+    # Calibration and conformal plots, case-level tables (evaluation/calibration.py, cases.py).
+    trust: Path = Path("outputs/evaluate/trust")
 
 
 def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
@@ -73,6 +75,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
 
     from histoflow.evaluation.plots import write_plots
     from histoflow.models.ablations import load_classifier
+    from histoflow.models.calibration import Calibration
 
     p = cfg.evaluate
     tensors, _, index = load_features(inputs.features)
@@ -85,7 +88,9 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     y_true = np.array([classes.index(c) for c in table["label"]])
     weights = bootstrap_weights(len(y_true), p.bootstrap, p.seed)  # shared: paired comparisons
 
-    probs, unc = _score(net, tensors, test, p.batch_size)
+    # The deployed probabilities are the calibrated ones: every metric below scores those.
+    calibration = Calibration.from_meta(meta)
+    probs, unc = _score(net, tensors, test, p.batch_size, calibration.temperature)
     metrics = classification_metrics(y_true, probs, classes, bins=p.ece_bins)
     metrics["ci"] = bootstrap_ci(y_true, probs, weights, bins=p.ece_bins)
     metrics["bootstrap"] = p.bootstrap
@@ -127,6 +132,20 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         metrics["grouped_cv"] = _grouped_cv(cfg, inputs.cases, tensors, index, classes)
 
     predictions = _predictions(table, probs, unc, classes, y_true, groups + extra)
+    trust_pngs = _trust(
+        outputs.trust,
+        metrics,
+        predictions,
+        calibration,
+        (net, tensors, test),
+        y_true,
+        probs,
+        classes,
+        weights,
+        p,
+    )
+    # After the plots: they replace the trust folder as a whole.
+    metrics["cases"] = _cases(outputs.trust, table, probs, classes, p)
     with atomic_path(outputs.predictions) as tmp:
         predictions.to_csv(tmp, index=False)
     with atomic_path(outputs.summary) as tmp:
@@ -155,7 +174,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         write_report(
             outputs.report,
             saved,
-            plots=pngs,
+            plots=pngs + trust_pngs,
             panels=panels,
             panels_dir=Path(panel_dir),
             caption_gallery=inputs.caption_gallery / "gallery.html",
@@ -310,7 +329,51 @@ def _grouped_cv(cfg: Params, cases: Path, tensors: dict, index, classes: list[st
     return {"grouped_by": source, **cv}
 
 
-def _score(net, tensors, rows: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def _cases(folder: Path, table, probs, classes, p) -> dict:
+    """Patient/slide-level results (#14): one CSV per case column, metrics with CIs over cases."""
+    from histoflow.evaluation.cases import aggregate_cases, case_metrics
+
+    out = {}
+    for column in (c for c in p.case_columns if c in table):
+        cases = aggregate_cases(
+            table[column], probs, classes, labels=table["label"], method=p.case_method
+        )
+        out[column] = case_metrics(cases, classes, resamples=p.bootstrap, seed=p.seed) | {
+            "method": p.case_method
+        }
+        with atomic_path(Path(folder) / f"cases_{column}.csv") as tmp:
+            cases.to_csv(tmp, index=False)
+    return out
+
+
+def _trust(folder, metrics, predictions, calibration, scored, y, probs, classes, weights, p):
+    """Calibration before/after and the conformal sets' coverage (#14): metrics, columns, plots."""
+    from histoflow.evaluation.calibration import (
+        calibration_metrics,
+        conformal_metrics,
+        write_calibration_plots,
+    )
+    from histoflow.models.calibration import set_labels
+
+    raw, _ = _score(*scored, p.batch_size)  # temperature 1: the probabilities before calibration
+    metrics["calibration"] = calibration_metrics(
+        y, raw, probs, weights, temperature=calibration.temperature, bins=p.ece_bins
+    )
+    conformal = None
+    if calibration.has_sets:
+        in_set = calibration.prediction_sets(probs)
+        empty = ~calibration.prediction_sets(probs, nonempty=False).any(1)
+        conformal = conformal_metrics(y, in_set, classes, calibration.alpha, weights, empty=empty)
+        metrics["conformal"] = conformal
+        predictions["prediction_set"] = set_labels(in_set, classes)
+        predictions["set_size"] = in_set.sum(1)
+        predictions["covered"] = in_set[np.arange(len(y)), y]
+    return write_calibration_plots(folder, y, raw, probs, conformal, bins=p.ece_bins)
+
+
+def _score(
+    net, tensors, rows: np.ndarray, batch_size: int, temperature: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
     from histoflow.inference import fuse
@@ -322,6 +385,7 @@ def _score(net, tensors, rows: np.ndarray, batch_size: int) -> tuple[np.ndarray,
         tensors["text_tokens"][r],
         tensors["text_mask"][r],
         batch_size,
+        temperature=temperature,
     )
 
 
@@ -427,7 +491,16 @@ def _eval_json(metrics: dict, breakdowns: dict) -> dict:
         for k in (*HEADLINE, "n", "per_class", "by_group", "ci", "ablations", "bootstrap")
     }
     saved["per_class_recall"] = {c: v["recall"] for c, v in metrics["per_class"].items()}
-    for optional in ("cross_group", "seed_spread", "grouped_cv", "robustness", WORST_CASE):
+    for optional in (
+        "cross_group",
+        "seed_spread",
+        "grouped_cv",
+        "robustness",
+        WORST_CASE,
+        "calibration",
+        "conformal",
+        "cases",
+    ):
         if optional in metrics:
             saved[optional] = metrics[optional]
     saved["breakdowns"] = breakdowns  # for the report; breakdowns.csv holds it as a table

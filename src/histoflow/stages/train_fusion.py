@@ -41,7 +41,11 @@ class Outputs:
 
 
 def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
-    """Train on the train split, stop early on validation macro recall, keep the best epoch."""
+    """Train on the train split, stop early on validation macro recall, keep the best epoch.
+
+    Then calibrate the fusion model (:mod:`histoflow.training.calibrate`): the temperature on
+    the val rows that stopped training, the conformal sets on the val patients held out of it.
+    """
     # torch and Lightning load here, not at import: flows read Outputs without paying for them.
     from functools import partial
 
@@ -53,6 +57,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     from histoflow.models.ablations import create_classifier
     from histoflow.models.checkpoint import save_model
     from histoflow.models.fusion import FusionConfig
+    from histoflow.training.calibrate import calibrate, calibration_rows
     from histoflow.training.fusion import feature_dataset, fit_classifier
 
     p = cfg.train_fusion
@@ -62,7 +67,10 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     # Tiles whose labels the audit doubts, when audit.label_issues is exclude (else none).
     kept = ~index["path"].isin(read_excluded(inputs.excluded)).to_numpy()
     train = feature_dataset(tensors, y, (index["split"] == "train").to_numpy() & kept)
-    val = feature_dataset(tensors, y, (index["split"] == "val").to_numpy() & kept)
+    # Part of val calibrates the conformal sets and so never steers training (calibrate.py).
+    conformal = calibration_rows(index, p.calibration_share, p.seed)
+    early_stop = (index["split"] == "val").to_numpy() & ~conformal & kept
+    val = feature_dataset(tensors, y, early_stop)
     net_cfg = FusionConfig.from_params(p, num_classes=len(classes), **feature_dims(tensors))
     description = {
         "config": net_cfg.to_dict(),
@@ -90,13 +98,19 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
             pd.DataFrame(results[kind].history).to_csv(tmp / kind / "history.csv", index=False)
         write_json(tmp / "ablations.json", {"ablations": list(p.ablations)})
     fused = results["fusion"]
-    save_model(outputs.model, fused.net, {**description, "kind": "fusion"})
+    calibration, calibrated = calibrate(fused.net, tensors, y, early_stop, conformal, p.alpha)
+    save_model(
+        outputs.model,
+        fused.net,
+        {**description, "kind": "fusion", "calibration": calibration.to_dict()},
+    )
     with atomic_path(outputs.history) as tmp:
         pd.DataFrame(fused.history).to_csv(tmp, index=False)
     metrics = {
         "best_val_macro_recall": fused.best_val_macro_recall,
         "epochs_run": fused.epochs_run,
         "excluded_by_audit": int((~kept).sum()),
+        "calibration": calibrated,
         "ablations": {
             kind: {
                 "best_val_macro_recall": results[kind].best_val_macro_recall,
