@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from histoflow.config import Params
-from histoflow.embeddings.store import feature_dims, load_features
+from histoflow.embeddings.store import FeatureStore
 from histoflow.evaluation.groups import cross_group_home, cross_group_scores, group_breakdowns
 from histoflow.evaluation.report import write_report
 from histoflow.io import atomic_path
@@ -71,7 +71,8 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     from histoflow.models.ablations import load_classifier
 
     p = cfg.evaluate
-    tensors, _, index = load_features(inputs.features)
+    tensors = FeatureStore(inputs.features)  # read batch by batch, never whole
+    index = tensors.index
     net, meta = load_classifier(inputs.fusion)
     classes = list(meta["classes"])
     test = (index["split"] == "test").to_numpy()
@@ -140,7 +141,9 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     return result
 
 
-def _cross_group(cfg: Params, tensors: dict, index: pd.DataFrame, y_all, num_classes: int) -> dict:
+def _cross_group(
+    cfg: Params, tensors: FeatureStore, index: pd.DataFrame, y_all, num_classes: int
+) -> dict:
     """The cross-group protocol: a fusion head trained on one group, scored on every group."""
     from functools import partial
 
@@ -152,9 +155,7 @@ def _cross_group(cfg: Params, tensors: dict, index: pd.DataFrame, y_all, num_cla
     home = cross_group_home(spec, index)
     if isinstance(home, str):
         return {"column": spec.column, "skipped": home}
-    net_cfg = FusionConfig.from_params(
-        cfg.train_fusion, num_classes=num_classes, **feature_dims(tensors)
-    )
+    net_cfg = FusionConfig.from_params(cfg.train_fusion, num_classes=num_classes, **tensors.dims())
     split = index["split"].to_numpy()
     build = partial(create_classifier, "fusion", net_cfg)
     net = fit_on_group(build, tensors, y_all, split, home, cfg.train_fusion).net
@@ -176,14 +177,14 @@ def _cross_group(cfg: Params, tensors: dict, index: pd.DataFrame, y_all, num_cla
     }
 
 
-def _seed_spread(cfg: Params, tensors: dict, index: pd.DataFrame, classes: list[str]) -> dict:
+def _seed_spread(
+    cfg: Params, tensors: FeatureStore, index: pd.DataFrame, classes: list[str]
+) -> dict:
     """The deployed configuration retrained with each of ``evaluate.seeds``: mean and std."""
     from histoflow.evaluation.seeds import seed_spread
     from histoflow.models.fusion import FusionConfig
 
-    net_cfg = FusionConfig.from_params(
-        cfg.train_fusion, num_classes=len(classes), **feature_dims(tensors)
-    )
+    net_cfg = FusionConfig.from_params(cfg.train_fusion, num_classes=len(classes), **tensors.dims())
     p = cfg.evaluate
     return seed_spread(
         tensors,
@@ -198,18 +199,9 @@ def _seed_spread(cfg: Params, tensors: dict, index: pd.DataFrame, classes: list[
 
 
 def _score(net, tensors, rows: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    import torch
+    from histoflow.evaluation.scoring import score_rows
 
-    from histoflow.inference import fuse
-
-    r = torch.from_numpy(rows)
-    return fuse(
-        net,
-        tensors["image_tokens"][r],
-        tensors["text_tokens"][r],
-        tensors["text_mask"][r],
-        batch_size,
-    )
+    return score_rows(net, tensors, rows, batch_size)
 
 
 def _ablation_folders(folder: Path) -> list[tuple[str, Path]]:
@@ -294,14 +286,14 @@ def _explain(cfg, inputs, net, meta, tensors, test, predictions, out_dir: Path) 
     if cfg.evaluate.explain_per_class == 0:
         return []
     tiles = select_tiles(predictions, cfg.evaluate.explain_per_class)
-    rows = torch.from_numpy(np.flatnonzero(test)[tiles.index.to_numpy()])  # feature-store rows
+    rows = np.flatnonzero(test)[tiles.index.to_numpy()]  # feature-store rows
     return explain_tiles(
         inputs.encoder,
         net,
         meta,
         tiles,
-        tensors["text_tokens"][rows],
-        tensors["text_mask"][rows],
+        torch.from_numpy(tensors.read("text_tokens", rows)),
+        torch.from_numpy(tensors.read("text_mask", rows)),
         data_root=inputs.data,
         out_dir=out_dir,
     )

@@ -47,19 +47,20 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     import pandas as pd
     import torch
 
-    from histoflow.embeddings.store import feature_dims, load_features
+    from histoflow.embeddings.store import FeatureStore
     from histoflow.models.ablations import create_classifier
     from histoflow.models.checkpoint import save_model
     from histoflow.models.fusion import FusionConfig
-    from histoflow.training.fusion import feature_dataset, fit_classifier
+    from histoflow.training.fusion import FeatureRows, fit_classifier
 
     p = cfg.train_fusion
-    tensors, meta, index = load_features(inputs.features)
+    store = FeatureStore(inputs.features)  # read batch by batch: memory does not grow with N
+    index, meta = store.index, store.meta
     classes = class_names(index)
     y = torch.tensor([classes.index(c) for c in index["label"]])
-    train = feature_dataset(tensors, y, (index["split"] == "train").to_numpy())
-    val = feature_dataset(tensors, y, (index["split"] == "val").to_numpy())
-    net_cfg = FusionConfig.from_params(p, num_classes=len(classes), **feature_dims(tensors))
+    train = FeatureRows(store, y, (index["split"] == "train").to_numpy())
+    val = FeatureRows(store, y, (index["split"] == "val").to_numpy())
+    net_cfg = FusionConfig.from_params(p, num_classes=len(classes), **store.dims())
     description = {
         "config": net_cfg.to_dict(),
         "classes": classes,
