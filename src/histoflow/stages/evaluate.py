@@ -24,8 +24,8 @@ from histoflow.evaluation.report import write_report
 from histoflow.io import atomic_path
 from histoflow.metrics import (
     HEADLINE,
+    BootstrapWeights,
     bootstrap_ci,
-    bootstrap_weights,
     classification_metrics,
     paired_difference,
 )
@@ -80,7 +80,8 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         raise ValueError(f"{inputs.features}/index.csv has no test rows; check data.test_fraction")
     table = index[test].reset_index(drop=True)
     y_true = np.array([classes.index(c) for c in table["label"]])
-    weights = bootstrap_weights(len(y_true), p.bootstrap, p.seed)  # shared: paired comparisons
+    # Shared by the paired comparisons; drawn in blocks, so memory stays flat in the test size.
+    weights = BootstrapWeights(len(y_true), p.bootstrap, p.seed)
 
     probs, unc = _score(net, tensors, test, p.batch_size)
     metrics = classification_metrics(y_true, probs, classes, bins=p.ece_bins)
