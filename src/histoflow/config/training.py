@@ -148,6 +148,11 @@ class TrainFusionConfig(Section):
     weight_decay: float = Field(1e-4, ge=0)
     patience: int = Field(10, ge=1)
     seed: int = 42
+    # Lightning Trainer devices, num_nodes, strategy: as train_encoder's (1, 1, auto = one
+    # process, bit-for-bit reproducible; DDP splits each epoch's shuffled rows over the ranks).
+    devices: int | Literal["auto"] = 1
+    num_nodes: int = Field(1, ge=1)
+    strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> TrainFusionConfig:

@@ -148,7 +148,9 @@ def fit_classifier(
         trainer = L.Trainer(
             max_epochs=p.epochs,
             accelerator="auto",
-            devices=1,
+            devices=p.devices,
+            num_nodes=p.num_nodes,
+            strategy=p.strategy,
             logger=False,
             callbacks=[best, stop, history, EpochProgress(f"{_kind(net)} classifier")],
             enable_model_summary=False,
