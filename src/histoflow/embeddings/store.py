@@ -133,6 +133,7 @@ class FeatureStore:
     """
 
     def __init__(self, folder: Path):
+        self._fd = -1  # closed until opened below
         path = Path(folder) / FEATURES_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: run `histoflow stage embed` first")
@@ -196,6 +197,9 @@ class FeatureStore:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # a stage that returns without closing does not leak the file
         self.close()
 
     def __getstate__(self) -> dict:  # a DataLoader worker reopens the file
