@@ -19,5 +19,6 @@ def test_chunked_pca_equals_an_svd_of_all_rows():
     np.testing.assert_allclose(explained, s[:3] ** 2 / (s**2).sum(), rtol=1e-6)
     for axis, reference in zip(axes, vt[:3], strict=True):  # equal up to the sign
         np.testing.assert_allclose(abs(axis @ reference), 1.0, rtol=1e-5)
+    assert axes.flags.c_contiguous  # saved with safetensors as its buffer lies
     whole = fit_pca_chunks([x], 3)[1]
     np.testing.assert_allclose(axes, whole, atol=1e-5)  # the signs are fixed, not chunk-made

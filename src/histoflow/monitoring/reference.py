@@ -109,7 +109,8 @@ def fit_pca_chunks(
     signs = np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(1)])
     axes = axes * np.where(signs == 0, 1.0, signs)[:, None]
     explained = variance[:k] / max(variance.sum(), 1e-12)
-    return mean.astype(np.float32), axes[:k].astype(np.float32), explained
+    # C order: the axes are a transposed view, and safetensors stores the buffer as it lies.
+    return mean.astype(np.float32), np.ascontiguousarray(axes[:k], dtype=np.float32), explained
 
 
 def write_reference(
