@@ -16,6 +16,7 @@ import sys
 import zlib
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -114,6 +115,29 @@ def reproduced_project(tmp_path_factory, tiny_data) -> Path:
     root = _make_project(tmp_path_factory.mktemp("repro") / "project", tiny_data)
     _dvc(root, "repro")
     return root
+
+
+def _feature_store(folder: Path, tensors: dict, index: pd.DataFrame | None = None):
+    """``tensors`` written as ``embed`` writes its feature store (in batches), opened to read."""
+    from histoflow.embeddings.store import INDEX_FILE, FeatureStore, SafetensorsStream
+
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = {k: (v.numpy().dtype, tuple(v.shape)) for k, v in tensors.items()}
+    with SafetensorsStream(folder / "features.safetensors", spec, {}) as out:
+        for k, v in tensors.items():
+            for s in range(0, len(v), 7):
+                out.write(k, s, v[s : s + 7].numpy())
+    n = len(next(iter(tensors.values())))
+    if index is None:
+        index = pd.DataFrame({"path": [f"{i}.png" for i in range(n)], "label": "a"})
+    index.to_csv(folder / INDEX_FILE, index=False)
+    return FeatureStore(folder)
+
+
+@pytest.fixture(scope="session")
+def feature_store():
+    """``feature_store(folder, tensors, index=None)``: a real feature store of these tensors."""
+    return _feature_store
 
 
 @pytest.fixture(scope="session")

@@ -199,3 +199,38 @@ def test_predict_keeps_going_past_files_it_cannot_read(
     err = capsys.readouterr().err
     assert str(batch / "notes.png") in err
     assert err.strip().splitlines()[-1].startswith("histoflow: 2 of 4 files could not be read")
+
+
+def test_predict_submission_format(trained_project, tiny_data, monkeypatch, tmp_path):
+    import pandas as pd
+
+    monkeypatch.chdir(trained_project)
+    files = [str(p) for p in sorted((tiny_data / "stroma").glob("*.png"))[:5]]
+    sub, full = tmp_path / "submission.csv", tmp_path / "full.csv"
+    args = ["--batch-size", "2", "--no-progress"]
+    assert main(["predict", *files, "--format", "submission", "--out", str(sub), *args]) == 0
+    assert main(["predict", *files, "--out", str(full), *args]) == 0
+
+    table, labels = pd.read_csv(sub, dtype=str), pd.read_csv(full)["label"]
+    assert list(table.columns) == ["SubjectID", "Prediction"]
+    assert list(table["SubjectID"]) == [f.rsplit("/", 1)[-1].removesuffix(".png") for f in files]
+    assert list(table["Prediction"]) == list(labels)  # the class names, in file order
+
+
+def test_predictions_are_written_as_each_batch_finishes(tmp_path):
+    import pandas as pd
+
+    from histoflow.predict import write_rows
+
+    out = tmp_path / "rows.csv"
+
+    def batches(fh):
+        for i in range(3):
+            if i:  # the rows of the batches before are on disk already
+                assert len(pd.read_csv(out)) == 2 * i
+            yield pd.DataFrame({"path": [f"a/{i}x.png", f"b/{i}y.png"], "label": "c", "error": ""})
+
+    with open(out, "w") as fh:
+        summary = write_rows(batches(fh), fh, "submission")
+    assert summary.rows == 6 and summary.failed == 0
+    assert pd.read_csv(out)["SubjectID"].tolist() == ["0x", "0y", "1x", "1y", "2x", "2y"]

@@ -7,6 +7,7 @@ import pytest
 from sklearn import metrics as skm
 
 from histoflow.metrics import (
+    BootstrapWeights,
     bootstrap_ci,
     bootstrap_weights,
     classification_metrics,
@@ -103,3 +104,16 @@ def test_paired_difference_detects_a_better_model_and_not_an_equal_one():
     assert better["verdict"] == "better" and better["ci"][0] > 0
     assert paired_difference(y, good, good, w)["verdict"] == "no clear difference"
     assert paired_difference(y, bad, good, w)["verdict"] == "worse"
+
+
+def test_bootstrap_weights_in_blocks_give_the_same_resamples_and_intervals(monkeypatch):
+    monkeypatch.setattr(BootstrapWeights, "_BLOCK_BYTES", 8 * 300 * 7)  # blocks of 7 rows
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 300)
+    probs = rng.dirichlet(np.ones(3), 300)
+    lazy, whole = BootstrapWeights(300, 50, 4), bootstrap_weights(300, 50, 4)
+    assert [len(b) for b in lazy.blocks()] == [7] * 7 + [1]
+    assert np.array_equal(np.concatenate(list(lazy.blocks())), whole)
+    assert bootstrap_ci(y, probs, lazy) == bootstrap_ci(y, probs, whole)
+    other = np.roll(probs, 1, axis=1)
+    assert paired_difference(y, probs, other, lazy) == paired_difference(y, probs, other, whole)

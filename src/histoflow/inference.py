@@ -7,7 +7,7 @@ and ``histoflow predict`` and the monitoring flow call :meth:`Predictor.predict_
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -202,6 +202,21 @@ class Predictor:
             was classified), one row per file in order; and the pooled image embeddings (N, D),
             NaN rows for the files that failed, when ``embeddings`` is set (else None).
         """
+        batches = list(self.iter_files(files, batch_size=batch_size, progress=progress))
+        table = pd.concat([t for t, _ in batches], ignore_index=True) if batches else pd.DataFrame()
+        pooled = [(len(t), list(np.flatnonzero(t["error"] == "")), e) for t, e in batches]
+        return table, (_rows_with_gaps(pooled) if embeddings and pooled else None)
+
+    def iter_files(
+        self, files: Sequence[Path], *, batch_size: int = 64, progress: bool = False
+    ) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
+        """:meth:`predict_files` one batch at a time: each batch's table and pooled embeddings.
+
+        Yields as each batch finishes, so a caller that writes the rows and lets them go keeps
+        memory flat whatever the number of files (``histoflow predict --out``). The table is
+        :meth:`predict_files`'s for the batch's files; the embeddings (n_ok, D) are the rows of
+        the files classified (``error`` empty), in order.
+        """
         from tqdm import tqdm
 
         columns = [
@@ -213,7 +228,6 @@ class Predictor:
             "prediction_set",
             "set_size",
         ]
-        frames, pooled = [], []
         with tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar:
             for s in range(0, len(files), batch_size):
                 batch = list(files[s : s + batch_size])
@@ -223,11 +237,8 @@ class Predictor:
                 frame = frame.set_axis(good).reindex(index=range(len(batch)), columns=columns)
                 frame.insert(0, "path", [str(f) for f in batch])
                 frame["error"] = [errors.get(i, "") for i in range(len(batch))]
-                frames.append(frame)
-                pooled.append((len(batch), good, emb))
                 bar.update(len(batch))
-        table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-        return table, (_rows_with_gaps(pooled) if embeddings and pooled else None)
+                yield frame, emb
 
 
 def _decode(files: list[Path], max_pixels: int) -> tuple[dict[int, Image.Image], dict[int, str]]:

@@ -17,6 +17,7 @@ from sklearn import metrics as skm
 __all__ = [
     "HEADLINE",
     "WORST_CASE",
+    "BootstrapWeights",
     "bootstrap_ci",
     "bootstrap_weights",
     "classification_metrics",
@@ -147,16 +148,52 @@ def bootstrap_weights(n: int, resamples: int, seed: int) -> np.ndarray:
     return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(float)
 
 
+class BootstrapWeights:
+    """:func:`bootstrap_weights`' rows, drawn a block at a time whenever they are used.
+
+    The (R, N) matrix grows with the test set (1,000 x 65,000 float64 is 520 MB, and the
+    weighted metrics make a few more of that size); drawn in blocks of about 32 MB from the
+    same seed, the rows are the same and the memory is flat. Pass it wherever a weights matrix
+    goes in :func:`bootstrap_ci` and :func:`paired_difference`.
+
+    Args:
+        n: samples.
+        resamples: rows (R).
+        seed: the same seed gives the same rows as ``bootstrap_weights(n, resamples, seed)``.
+    """
+
+    _BLOCK_BYTES = 2**25
+
+    def __init__(self, n: int, resamples: int, seed: int):
+        self.n, self.resamples, self.seed = n, resamples, seed
+
+    def blocks(self):
+        """Consecutive row blocks (r, N) of the weights matrix, float64."""
+        rng = np.random.default_rng(self.seed)  # sequential draws: blocks = the whole matrix
+        step = max(1, self._BLOCK_BYTES // (8 * max(self.n, 1)))
+        for start in range(0, self.resamples, step):
+            size = min(step, self.resamples - start)
+            yield rng.multinomial(self.n, np.full(self.n, 1.0 / self.n), size=size).astype(float)
+
+
+def _resampled(y_true, probs, weights, bins: int = 15) -> dict[str, np.ndarray]:
+    """:func:`headline_metrics` under a weights matrix or :class:`BootstrapWeights` blocks."""
+    if not isinstance(weights, BootstrapWeights):
+        return headline_metrics(y_true, probs, weights, bins=bins)
+    parts = [headline_metrics(y_true, probs, w, bins=bins) for w in weights.blocks()]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
 def bootstrap_ci(
     y_true: np.ndarray,
     probs: np.ndarray,
-    weights: np.ndarray,
+    weights: np.ndarray | BootstrapWeights,
     *,
     level: float = 0.95,
     bins: int = 15,
 ) -> dict[str, list[float]]:
     """Percentile bootstrap CIs {metric: [low, high]} for the :data:`HEADLINE` metrics."""
-    stats = headline_metrics(y_true, probs, weights, bins=bins)
+    stats = _resampled(y_true, probs, weights, bins=bins)
     q = [50 * (1 - level), 50 * (1 + level)]
     out = {}
     for name, values in stats.items():
@@ -169,7 +206,7 @@ def paired_difference(
     y_true: np.ndarray,
     probs_a: np.ndarray,
     probs_b: np.ndarray,
-    weights: np.ndarray,
+    weights: np.ndarray | BootstrapWeights,
     *,
     metric: str = "macro_recall",
     level: float = 0.95,
@@ -179,8 +216,8 @@ def paired_difference(
     Pairing matters: both models see the same resampled test set, so the difference's CI is
     much narrower than comparing two separate CIs.
     """
-    a = headline_metrics(y_true, probs_a, weights)[metric]
-    b = headline_metrics(y_true, probs_b, weights)[metric]
+    a = _resampled(y_true, probs_a, weights)[metric]
+    b = _resampled(y_true, probs_b, weights)[metric]
     diff = (a - b)[np.isfinite(a - b)]
     point = float(headline_metrics(y_true, probs_a)[metric][0]) - float(
         headline_metrics(y_true, probs_b)[metric][0]

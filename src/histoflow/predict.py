@@ -1,16 +1,38 @@
-"""Classify image files with a registered model."""
+"""Classify image files with a registered model.
+
+:func:`stream_predictions` writes rows as each batch finishes (CSV, JSON records, or a
+challenge submission), so predicting 74,000 files holds one batch of images and rows at a
+time; only the sorted file list (about 100 bytes a file) grows with their number.
+"""
 
 from __future__ import annotations
 
 import glob
+import sys
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import pandas as pd
 
 from histoflow.data.images import IMAGE_SUFFIXES
 
-__all__ = ["case_predictions", "cases_path", "collect_images", "predict_paths", "write_predictions"]
+__all__ = [
+    "FORMATS",
+    "StreamSummary",
+    "case_predictions",
+    "cases_path",
+    "collect_images",
+    "predict_paths",
+    "stream_predictions",
+    "submission_rows",
+    "write_predictions",
+    "write_rows",
+]
+
+# csv / json: every column; submission: the challenge's two columns (``submission_rows``).
+FORMATS = ("csv", "json", "submission")
 
 
 def collect_images(paths: Iterable[Path | str]) -> list[Path]:
@@ -141,3 +163,92 @@ def _manifest_values(paths: Iterable[Path | str], column: str) -> dict[str, str]
         for rel, value in zip(frame["path"], frame[column], strict=True):
             values[str(Path(raw) / rel)] = value
     return values
+
+
+def submission_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """``SubjectID,Prediction`` rows, the challenge's submission format.
+
+    ``SubjectID`` is the tile's file name without its suffix and ``Prediction`` the predicted
+    class name (the challenge's label names when the model was trained on them); a file that
+    could not be read gets an empty prediction (its reason is in the full table's ``error``).
+    """
+    return pd.DataFrame(
+        {
+            "SubjectID": [Path(p).stem for p in table["path"]],
+            "Prediction": table["label"].fillna("").astype(str),
+        }
+    )
+
+
+@dataclass
+class StreamSummary:
+    """What :func:`stream_predictions` wrote: rows, and the errors of the files it could not read."""
+
+    rows: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)  # the first few, each naming its file
+
+
+def stream_predictions(
+    paths: Iterable[Path | str],
+    *,
+    model_uri: str,
+    root: Path,
+    out: Path | None,
+    fmt: str = "csv",
+    batch_size: int = 64,
+    progress: bool = True,
+) -> StreamSummary:
+    """Classify every image under ``paths``, writing each batch's rows as soon as it finishes.
+
+    Args:
+        paths: files, folders (searched recursively) and globs.
+        model_uri: the registered model (``models:/name@alias``).
+        root: the project folder (for the tracking store).
+        out: the file to write (atomically: complete or not at all); None = standard output.
+        fmt: one of :data:`FORMATS`.
+        batch_size: images read and classified at once.
+        progress: show a progress bar.
+
+    Returns:
+        How many rows were written and which files could not be read.
+
+    Raises:
+        ValueError: an unknown format or a batch size below 1.
+    """
+    from histoflow.io import atomic_path
+    from histoflow.registry import load_model
+
+    if fmt not in FORMATS:
+        raise ValueError(f"output format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    files = collect_images(paths)
+    predictor = load_model(model_uri, root).predictor
+    batches = (t for t, _ in predictor.iter_files(files, batch_size=batch_size, progress=progress))
+    if out is None:
+        return write_rows(batches, sys.stdout, fmt)
+    with atomic_path(Path(out)) as tmp, open(tmp, "w", newline="") as fh:
+        return write_rows(batches, fh, fmt)
+
+
+def write_rows(batches: Iterable[pd.DataFrame], fh: TextIO, fmt: str) -> StreamSummary:
+    """Write each table of ``batches`` to ``fh`` in ``fmt`` as it comes, flushing after each."""
+    summary = StreamSummary()
+    if fmt == "json":
+        fh.write("[")
+    for table in batches:
+        failed = table["error"] != ""
+        summary.failed += int(failed.sum())
+        summary.errors += list(table.loc[failed, "error"])[: 10 - len(summary.errors)]
+        rows = submission_rows(table) if fmt == "submission" else table
+        if fmt == "json":
+            records = rows.to_json(orient="records", indent=2)[1:-1].strip("\n")  # no [ ]
+            fh.write(("," if summary.rows else "") + "\n" + records)
+        else:
+            rows.to_csv(fh, index=False, header=summary.rows == 0)
+        summary.rows += len(rows)
+        fh.flush()
+    if fmt == "json":
+        fh.write("\n]\n")
+    return summary

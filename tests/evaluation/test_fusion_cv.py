@@ -3,18 +3,19 @@ import pandas as pd
 import pytest
 
 from histoflow.data.quality.cases import case_groups
-from histoflow.embeddings.store import feature_dims, load_features
+from histoflow.embeddings.store import FeatureStore
 from histoflow.evaluation.fusion_cv import fusion_grouped_cv
 from histoflow.models.fusion import FusionConfig
 
 
 def test_fusion_head_cross_validated_by_patient(reproduced_project, tiny_params):
-    tensors, _, index = load_features(reproduced_project / "outputs/embed")
+    tensors = FeatureStore(reproduced_project / "outputs/embed")
+    index = tensors.index
     classes = sorted(index["label"].unique())
     groups, source = case_groups(index, None)
     assert source == "patient_id"
     net_cfg = FusionConfig.from_params(
-        tiny_params.train_fusion, num_classes=len(classes), **feature_dims(tensors)
+        tiny_params.train_fusion, num_classes=len(classes), **tensors.dims()
     )
     p = tiny_params.train_fusion.model_copy(update={"epochs": 2, "patience": 1})
     cv = fusion_grouped_cv(tensors, index, classes, net_cfg, p, groups, folds=3)

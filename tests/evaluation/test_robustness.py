@@ -128,7 +128,7 @@ def test_stain_augmentation_shrinks_the_stain_shift_drop(tiny_data):
     assert without < with_jitter - 0.15, (without, with_jitter)
 
 
-def test_leave_one_group_out_finds_the_site_the_others_do_not_prepare_for():
+def test_leave_one_group_out_finds_the_site_the_others_do_not_prepare_for(tmp_path, feature_store):
     """Sites a and b share a feature space; site c's image features are scrambled."""
     from histoflow.config import TrainFusionConfig
     from histoflow.evaluation.leave_one_out import leave_one_group_out
@@ -142,11 +142,14 @@ def test_leave_one_group_out_finds_the_site_the_others_do_not_prepare_for():
     image = centres[y] + torch.randn(n, 8, generator=g) * 0.5  # (N, D)
     c = torch.from_numpy(site == "site_c")
     image[c] = image[c][:, torch.randperm(8, generator=g)]  # another scanner: features move
-    tensors = {
-        "image_tokens": image[:, None, :].repeat(1, 2, 1),  # (N, 2, D)
-        "text_tokens": torch.zeros(n, 2, 4),
-        "text_mask": torch.ones(n, 2, dtype=torch.bool),
-    }
+    tensors = feature_store(
+        tmp_path,
+        {
+            "image_tokens": image[:, None, :].repeat(1, 2, 1),  # (N, 2, D)
+            "text_tokens": torch.zeros(n, 2, 4),
+            "text_mask": torch.ones(n, 2, dtype=torch.bool),
+        },
+    )
     split = np.array(["train", "train", "val", "test"] * (n // 4))
     index = pd.DataFrame({"split": split, "site": site})
     p = TrainFusionConfig(width=16, layers=1, heads=2, classifier_heads=1, epochs=6, batch_size=16)

@@ -115,6 +115,16 @@ class EmbedConfig(Section):
     num_workers: int = Field(2, ge=0)  # image-decoding processes; 0 decodes in this process
     precision: Literal["auto", "bf16", "32"] = "auto"  # auto: bf16 where the CPU/GPU has it
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    # Distributed image embedding (Lightning Trainer.predict): processes or GPUs per machine,
+    # machines, strategy. devices 1, num_nodes 1 = one process (the default path).
+    devices: int | Literal["auto"] = 1
+    num_nodes: int = Field(1, ge=1)
+    strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"
+
+    @property
+    def distributed(self) -> bool:
+        """Whether images are embedded by several processes."""
+        return self.devices != 1 or self.num_nodes != 1
 
 
 class TrainFusionConfig(Section):
@@ -143,6 +153,11 @@ class TrainFusionConfig(Section):
     # the temperature. alpha: the sets' target miscoverage per class.
     calibration_share: float = Field(0.5, gt=0, lt=1)
     alpha: float = Field(0.1, gt=0, lt=1)
+    # Lightning Trainer devices, num_nodes, strategy: as train_encoder's (1, 1, auto = one
+    # process, bit-for-bit reproducible; DDP splits each epoch's shuffled rows over the ranks).
+    devices: int | Literal["auto"] = 1
+    num_nodes: int = Field(1, ge=1)
+    strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> TrainFusionConfig:

@@ -39,6 +39,7 @@ class ImageEmbeddingCache:
 
     def __init__(self, path: Path, encoder: str):
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(path)
         self.encoder = encoder
         self._db = sqlite3.connect(path)
         self._db.execute("PRAGMA journal_mode=WAL")

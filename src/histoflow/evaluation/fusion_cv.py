@@ -18,17 +18,17 @@ import torch
 from sklearn.model_selection import StratifiedGroupKFold
 
 from histoflow.config import TrainFusionConfig
-from histoflow.inference import fuse
+from histoflow.evaluation.scoring import score_rows
 from histoflow.metrics import HEADLINE, headline_metrics
 from histoflow.models.ablations import create_classifier
 from histoflow.models.fusion import FusionConfig
-from histoflow.training.fusion import feature_dataset, fit_classifier
+from histoflow.training.fusion import FeatureRows, fit_classifier
 
 __all__ = ["fusion_grouped_cv"]
 
 
 def fusion_grouped_cv(
-    tensors: dict[str, torch.Tensor],
+    tensors,
     index: pd.DataFrame,
     classes: list[str],
     net_cfg: FusionConfig,
@@ -43,7 +43,8 @@ def fusion_grouped_cv(
     """Train and score the deployed fusion recipe once per fold, folds grouped by ``groups``.
 
     Args:
-        tensors: the feature store's tensors (all rows).
+        tensors: the feature store (:class:`~histoflow.embeddings.store.FeatureStore`), read
+            a batch at a time.
         index: the feature store's index (``label`` per row); every row takes part.
         classes: class names in label-index order.
         net_cfg: the deployed network's configuration.
@@ -75,17 +76,10 @@ def fusion_grouped_cv(
     values: dict[str, list[float]] = {m: [] for m in HEADLINE}
     for f in range(folds):
         test, val = fold_of == f, fold_of == (f + 1) % folds
-        train = feature_dataset(tensors, y, ~test & ~val)
-        net = fit_classifier(build, train, feature_dataset(tensors, y, val), p).net
-        rows = torch.from_numpy(test)
-        probs, _ = fuse(
-            net,
-            tensors["image_tokens"][rows],
-            tensors["text_tokens"][rows],
-            tensors["text_mask"][rows],
-            batch_size,
-        )
-        scores = headline_metrics(y[rows].numpy(), probs, bins=bins)
+        train = FeatureRows(tensors, y, ~test & ~val)
+        net = fit_classifier(build, train, FeatureRows(tensors, y, val), p).net
+        probs, _ = score_rows(net, tensors, test, batch_size)
+        scores = headline_metrics(y[torch.from_numpy(test)].numpy(), probs, bins=bins)
         for m in HEADLINE:
             values[m].append(float(scores[m][0]))
     return {"folds": folds, "groups": n_groups} | {

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from histoflow.config import CrossGroupConfig
-from histoflow.metrics import bootstrap_ci, bootstrap_weights, headline_metrics
+from histoflow.metrics import BootstrapWeights, bootstrap_ci, headline_metrics
 
 __all__ = ["GROUP_METRICS", "cross_group_home", "cross_group_scores", "group_breakdowns"]
 
@@ -98,7 +98,7 @@ def cross_group_scores(
         stats = {
             k: float(v[0]) for k, v in headline_metrics(y_true[m], probs[m], bins=bins).items()
         }
-        ci = bootstrap_ci(y_true[m], probs[m], bootstrap_weights(int(m.sum()), resamples, seed))
+        ci = bootstrap_ci(y_true[m], probs[m], BootstrapWeights(int(m.sum()), resamples, seed))
         groups[str(g)] = {
             "n": int(m.sum()),
             "in_domain": g == train_on,

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from histoflow.config import TrainFusionConfig
-from histoflow.inference import fuse
+from histoflow.evaluation.scoring import score_rows
 from histoflow.metrics import bootstrap_ci, bootstrap_weights, headline_metrics
 from histoflow.models.ablations import create_classifier
 from histoflow.models.fusion import FusionConfig
@@ -26,7 +26,7 @@ __all__ = ["leave_one_group_out"]
 
 
 def leave_one_group_out(
-    tensors: dict[str, torch.Tensor],
+    tensors,
     index: pd.DataFrame,
     y: torch.Tensor,
     column: str,
@@ -41,7 +41,8 @@ def leave_one_group_out(
     """Train without each group of ``column``; score on its test rows.
 
     Args:
-        tensors: the feature store's tensors (all rows).
+        tensors: the feature store (:class:`~histoflow.embeddings.store.FeatureStore`), read
+            a batch at a time.
         index: the feature store's index (``split`` and ``column`` per row).
         y: (N,) class indices of all rows.
         column: the manifest column whose groups are held out in turn.
@@ -73,15 +74,8 @@ def leave_one_group_out(
         if not rows.any() or not (others & (split == "train")).any():
             continue
         net = fit_on_group(build, tensors, y, split, others, p).net
-        r = torch.from_numpy(rows)
-        probs, _ = fuse(
-            net,
-            tensors["image_tokens"][r],
-            tensors["text_tokens"][r],
-            tensors["text_mask"][r],
-            batch_size,
-        )
-        y_g = y[r].numpy()
+        probs, _ = score_rows(net, tensors, rows, batch_size)
+        y_g = y[torch.from_numpy(rows)].numpy()
         value = float(headline_metrics(y_g, probs)["macro_recall"][0])
         clean = float(headline_metrics(y_g, clean_probs[rows[test]])["macro_recall"][0])
         weights = bootstrap_weights(len(y_g), resamples, seed)

@@ -17,17 +17,17 @@ import pandas as pd
 import torch
 
 from histoflow.config import TrainFusionConfig
-from histoflow.inference import fuse
+from histoflow.evaluation.scoring import score_rows
 from histoflow.metrics import HEADLINE, headline_metrics
 from histoflow.models.ablations import create_classifier
 from histoflow.models.fusion import FusionConfig
-from histoflow.training.fusion import feature_dataset, fit_classifier
+from histoflow.training.fusion import FeatureRows, fit_classifier
 
 __all__ = ["seed_spread"]
 
 
 def seed_spread(
-    tensors: dict[str, torch.Tensor],
+    store,
     index: pd.DataFrame,
     classes: list[str],
     net_cfg: FusionConfig,
@@ -40,7 +40,7 @@ def seed_spread(
     """Train the deployed fusion configuration once per seed; the test metrics' mean and std.
 
     Args:
-        tensors: the feature store's tensors (all rows).
+        store: the feature store (:class:`~histoflow.embeddings.store.FeatureStore`).
         index: the feature store's index (``label``, ``split`` per row).
         classes: class names in label-index order.
         net_cfg: the deployed network's configuration.
@@ -55,21 +55,15 @@ def seed_spread(
     """
     y = torch.tensor([classes.index(c) for c in index["label"]])
     split = index["split"].to_numpy()
-    train = feature_dataset(tensors, y, split == "train")
-    val = feature_dataset(tensors, y, split == "val")
-    test = torch.from_numpy(split == "test")
+    train = FeatureRows(store, y, split == "train")
+    val = FeatureRows(store, y, split == "val")
+    test = split == "test"
     build = partial(create_classifier, "fusion", net_cfg)
     values: dict[str, list[float]] = {m: [] for m in HEADLINE}
     for s in seeds:
         net = fit_classifier(build, train, val, p.model_copy(update={"seed": s})).net
-        probs, _ = fuse(
-            net,
-            tensors["image_tokens"][test],
-            tensors["text_tokens"][test],
-            tensors["text_mask"][test],
-            batch_size,
-        )
-        scores = headline_metrics(y[test].numpy(), probs, bins=bins)
+        probs, _ = score_rows(net, store, test, batch_size)
+        scores = headline_metrics(y[torch.from_numpy(test)].numpy(), probs, bins=bins)
         for m in HEADLINE:
             values[m].append(float(scores[m][0]))
     return {"seeds": list(seeds)} | {

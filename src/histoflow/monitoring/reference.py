@@ -19,6 +19,7 @@ fusion model, so a fusion change re-runs only ``train_fusion`` and ``evaluate``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,14 @@ from histoflow.data.quality.features import DRIFT_FEATURES
 from histoflow.io import atomic_dir, write_json
 from histoflow.monitoring.data import CONFIDENCE, PREDICTED, MonitorData
 
-__all__ = ["HELD_OUT", "Reference", "fit_pca", "load_reference", "write_reference"]
+__all__ = [
+    "HELD_OUT",
+    "Reference",
+    "fit_pca",
+    "fit_pca_chunks",
+    "load_reference",
+    "write_reference",
+]
 
 HELD_OUT = ("val", "test")  # the splits whose embeddings are the reference
 _FEATURES, _EMBEDDINGS, _PCA, _SUMMARY = (
@@ -64,23 +72,61 @@ class Reference:
         return pd.DataFrame(pcs, columns=list(self.data.embeddings.columns))
 
 
+_CHUNK = 4096  # rows read at once when the reference is built from the feature store
+
+
 def fit_pca(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean (D,), the top-k principal axes (k, D) and their explained-variance ratios (k,)."""
-    mean = x.mean(0)
-    _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
-    variance = s**2
-    return mean, vt[:k], variance[:k] / max(variance.sum(), 1e-12)
+    return fit_pca_chunks([x], k)
+
+
+def fit_pca_chunks(
+    chunks: Iterable[np.ndarray], k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`fit_pca` over row chunks, in O(D^2) memory whatever the number of rows.
+
+    Exact, not approximate: the sum and the scatter matrix (D, D) are accumulated in float64
+    over the chunks and the axes are the covariance's eigenvectors (what an SVD of the centred
+    rows gives). Preferred to sklearn's IncrementalPCA (an approximation whose result depends
+    on the chunk size) and to a subsample (another source of seed-dependent noise); D is the
+    encoder's width (hundreds), so the (D, D) matrix is small. Each axis's sign is fixed (its
+    largest coordinate positive), so the same data gives the same axes.
+    """
+    n, total, scatter = 0, None, None
+    for chunk in chunks:
+        c = np.asarray(chunk, dtype=np.float64)  # (n_c, D)
+        if total is None:
+            total, scatter = np.zeros(c.shape[1]), np.zeros((c.shape[1], c.shape[1]))
+        n += len(c)
+        total += c.sum(0)
+        scatter += c.T @ c
+    if not n:
+        raise ValueError("cannot fit a PCA on no rows")
+    mean = total / n
+    cov = scatter - n * np.outer(mean, mean)  # (D, D) = (X - mean)^T (X - mean)
+    variance, axes = np.linalg.eigh(cov)  # ascending
+    variance, axes = np.clip(variance[::-1], 0.0, None), axes[:, ::-1].T  # (D,), (D, D) rows
+    signs = np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(1)])
+    axes = axes * np.where(signs == 0, 1.0, signs)[:, None]
+    explained = variance[:k] / max(variance.sum(), 1e-12)
+    # C order: the axes are a transposed view, and safetensors stores the buffer as it lies.
+    return mean.astype(np.float32), np.ascontiguousarray(axes[:k], dtype=np.float32), explained
 
 
 def write_reference(
-    folder: Path, index: pd.DataFrame, pooled: np.ndarray, pca_components: int
+    folder: Path,
+    index: pd.DataFrame,
+    pooled: np.ndarray | Callable[[np.ndarray], np.ndarray],
+    pca_components: int,
 ) -> dict:
     """Write the reference folder from the feature store's index and pooled embeddings.
 
     Args:
         folder: the reference folder (replaced atomically).
         index: one row per image (``path``, ``label``, ``split`` and the QC columns).
-        pooled: (N, D) the images' pooled embeddings, aligned with ``index``.
+        pooled: (N, D) the images' pooled embeddings, aligned with ``index``; or a function
+            that reads the rows it is given (row numbers) as (n, D), so the embeddings are
+            read in chunks and never held whole (the ``reference`` stage's feature store).
         pca_components: the PCA's size (capped by the training rows and D).
 
     Returns:
@@ -93,9 +139,14 @@ def write_reference(
     held_out = index["split"].isin(HELD_OUT).to_numpy()
     if not held_out.any():
         raise ValueError("the feature index has no val or test rows to build a reference from")
-    k = min(pca_components, int(train.sum()) - 1, pooled.shape[1])
-    mean, components, explained = fit_pca(pooled[train], k)
-    pcs = (pooled[held_out] - mean) @ components.T  # (M, k)
+    read = pooled if callable(pooled) else (lambda rows: np.asarray(pooled)[rows])
+    train_rows, held_rows = np.flatnonzero(train), np.flatnonzero(held_out)
+    width = read(train_rows[:1]).shape[1]
+    k = min(pca_components, len(train_rows) - 1, width)
+    mean, components, explained = fit_pca_chunks(_chunks(read, train_rows), k)
+    pcs = np.concatenate(
+        [(c.astype(np.float32) - mean) @ components.T for c in _chunks(read, held_rows)]
+    )  # (M, k)
     features = index.loc[train, ["path", "label", *[c for c in DRIFT_FEATURES if c in index]]]
     with atomic_dir(folder) as tmp:
         features.to_parquet(tmp / _FEATURES, index=False)
@@ -114,6 +165,11 @@ def write_reference(
         }
         write_json(tmp / _SUMMARY, summary)
     return summary
+
+
+def _chunks(read: Callable[[np.ndarray], np.ndarray], rows: np.ndarray) -> Iterable[np.ndarray]:
+    for s in range(0, len(rows), _CHUNK):
+        yield read(rows[s : s + _CHUNK])
 
 
 def load_reference(folder: Path, predictions: Path) -> Reference:

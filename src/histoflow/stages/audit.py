@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from histoflow.config import Params
-from histoflow.embeddings.store import load_features
+from histoflow.embeddings.store import FeatureStore
 from histoflow.stages import write_metrics
 
 __all__ = ["PARAMS", "AuditError", "Inputs", "Outputs", "run"]
@@ -73,8 +73,10 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     from histoflow.io import atomic_path
 
     a = cfg.audit
-    tensors, _, index = load_features(inputs.features)
-    x = tensors["image_pooled"].float().numpy()  # (N, D)
+    # Only the pooled embeddings (N, D) are read: the tokens stay on disk.
+    with FeatureStore(inputs.features) as store:
+        index = store.index
+        x = store.read("image_pooled", np.arange(len(store))).astype(np.float32)
     classes = class_names(index)
     y = np.array([classes.index(c) for c in index["label"]])
 

@@ -54,7 +54,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
 
     from histoflow.captions.text import TextEncoder
     from histoflow.captions.text_cache import encode_cached
-    from histoflow.embeddings.cache import ImageEmbeddingCache, embed_missing
+    from histoflow.embeddings.cache import ImageEmbeddingCache
     from histoflow.embeddings.store import FEATURES_FILE, INDEX_FILE, SafetensorsStream
     from histoflow.inference import ImageEmbedder
     from histoflow.models.checkpoint import model_fingerprint
@@ -79,15 +79,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     key = f"{encoder_sha}|grid={p.token_grid}|bf16={embedder.bf16}"
     cache = ImageEmbeddingCache(outputs.features.parent / ".image_embedding_cache.sqlite", key)
     try:
-        n_new_images = embed_missing(
-            embedder,
-            cache,
-            inputs.data,
-            paths,
-            hashes,
-            batch_size=p.batch_size,
-            num_workers=p.num_workers,
-        )
+        n_new_images = _embed_images(p, embedder, cache, inputs.data, paths, hashes)
         # Captions run where the images do, at the same precision (bf16 on AMX: about 2x).
         text_encoder = TextEncoder(
             p.text_model,
@@ -159,6 +151,28 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         "precision": "bf16" if embedder.bf16 else "32",
         "device": embedder.device.type,
     }
+
+
+def _embed_images(p, embedder, cache, root: Path, paths: list[str], hashes: list[str]) -> int:
+    """Embed the images the cache lacks: in this process, or distributed (``embed.devices``)."""
+    from histoflow.embeddings.cache import embed_missing
+
+    kwargs = {"batch_size": p.batch_size, "num_workers": p.num_workers}
+    if not p.distributed:
+        return embed_missing(embedder, cache, root, paths, hashes, **kwargs)
+    from histoflow.embeddings.distributed import embed_missing_distributed
+
+    return embed_missing_distributed(
+        embedder,
+        cache,
+        root,
+        paths,
+        hashes,
+        devices=p.devices,
+        num_nodes=p.num_nodes,
+        strategy=p.strategy,
+        **kwargs,
+    )
 
 
 def _image_hashes(root: Path, manifest: pd.DataFrame) -> list[str]:

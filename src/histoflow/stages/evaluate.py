@@ -20,15 +20,15 @@ import numpy as np
 import pandas as pd
 
 from histoflow.config import Params
-from histoflow.embeddings.store import feature_dims, load_features
+from histoflow.embeddings.store import FeatureStore
 from histoflow.evaluation.groups import cross_group_home, cross_group_scores, group_breakdowns
 from histoflow.evaluation.report import write_report
 from histoflow.io import atomic_path
 from histoflow.metrics import (
     HEADLINE,
     WORST_CASE,
+    BootstrapWeights,
     bootstrap_ci,
-    bootstrap_weights,
     classification_metrics,
     paired_difference,
 )
@@ -78,7 +78,8 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     from histoflow.models.calibration import Calibration
 
     p = cfg.evaluate
-    tensors, _, index = load_features(inputs.features)
+    tensors = FeatureStore(inputs.features)  # read batch by batch, never whole
+    index = tensors.index
     net, meta = load_classifier(inputs.fusion)
     classes = list(meta["classes"])
     test = (index["split"] == "test").to_numpy()
@@ -86,7 +87,8 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         raise ValueError(f"{inputs.features}/index.csv has no test rows; check data.test_fraction")
     table = index[test].reset_index(drop=True)
     y_true = np.array([classes.index(c) for c in table["label"]])
-    weights = bootstrap_weights(len(y_true), p.bootstrap, p.seed)  # shared: paired comparisons
+    # Shared by the paired comparisons; drawn in blocks, so memory stays flat in the test size.
+    weights = BootstrapWeights(len(y_true), p.bootstrap, p.seed)
 
     # The deployed probabilities are the calibrated ones: every metric below scores those.
     calibration = Calibration.from_meta(meta)
@@ -184,7 +186,9 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     return result
 
 
-def _cross_group(cfg: Params, tensors: dict, index: pd.DataFrame, y_all, num_classes: int) -> dict:
+def _cross_group(
+    cfg: Params, tensors: FeatureStore, index: pd.DataFrame, y_all, num_classes: int
+) -> dict:
     """The cross-group protocol: a fusion head trained on one group, scored on every group."""
     from functools import partial
 
@@ -196,9 +200,7 @@ def _cross_group(cfg: Params, tensors: dict, index: pd.DataFrame, y_all, num_cla
     home = cross_group_home(spec, index)
     if isinstance(home, str):
         return {"column": spec.column, "skipped": home}
-    net_cfg = FusionConfig.from_params(
-        cfg.train_fusion, num_classes=num_classes, **feature_dims(tensors)
-    )
+    net_cfg = FusionConfig.from_params(cfg.train_fusion, num_classes=num_classes, **tensors.dims())
     split = index["split"].to_numpy()
     build = partial(create_classifier, "fusion", net_cfg)
     net = fit_on_group(build, tensors, y_all, split, home, cfg.train_fusion).net
@@ -265,9 +267,7 @@ def _leave_one_group_out(cfg: Params, tensors, index, classes, clean_probs) -> d
     from histoflow.evaluation.leave_one_out import leave_one_group_out
     from histoflow.models.fusion import FusionConfig
 
-    net_cfg = FusionConfig.from_params(
-        cfg.train_fusion, num_classes=len(classes), **feature_dims(tensors)
-    )
+    net_cfg = FusionConfig.from_params(cfg.train_fusion, num_classes=len(classes), **tensors.dims())
     return leave_one_group_out(
         tensors,
         index,
@@ -282,14 +282,14 @@ def _leave_one_group_out(cfg: Params, tensors, index, classes, clean_probs) -> d
     )
 
 
-def _seed_spread(cfg: Params, tensors: dict, index: pd.DataFrame, classes: list[str]) -> dict:
+def _seed_spread(
+    cfg: Params, tensors: FeatureStore, index: pd.DataFrame, classes: list[str]
+) -> dict:
     """The deployed configuration retrained with each of ``evaluate.seeds``: mean and std."""
     from histoflow.evaluation.seeds import seed_spread
     from histoflow.models.fusion import FusionConfig
 
-    net_cfg = FusionConfig.from_params(
-        cfg.train_fusion, num_classes=len(classes), **feature_dims(tensors)
-    )
+    net_cfg = FusionConfig.from_params(cfg.train_fusion, num_classes=len(classes), **tensors.dims())
     p = cfg.evaluate
     return seed_spread(
         tensors,
@@ -303,16 +303,14 @@ def _seed_spread(cfg: Params, tensors: dict, index: pd.DataFrame, classes: list[
     )
 
 
-def _grouped_cv(cfg: Params, cases: Path, tensors: dict, index, classes: list[str]) -> dict:
+def _grouped_cv(cfg: Params, cases: Path, tensors: FeatureStore, index, classes: list[str]) -> dict:
     """The fusion recipe cross-validated in ``evaluate.cv_folds`` folds grouped by case."""
     from histoflow.data.quality.cases import case_groups, read_cases
     from histoflow.evaluation.fusion_cv import fusion_grouped_cv
     from histoflow.models.fusion import FusionConfig
 
     groups, source = case_groups(index, read_cases(cases))
-    net_cfg = FusionConfig.from_params(
-        cfg.train_fusion, num_classes=len(classes), **feature_dims(tensors)
-    )
+    net_cfg = FusionConfig.from_params(cfg.train_fusion, num_classes=len(classes), **tensors.dims())
     p = cfg.evaluate
     cv = fusion_grouped_cv(
         tensors,
@@ -374,19 +372,9 @@ def _trust(folder, metrics, predictions, calibration, scored, y, probs, classes,
 def _score(
     net, tensors, rows: np.ndarray, batch_size: int, temperature: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
-    import torch
+    from histoflow.evaluation.scoring import score_rows
 
-    from histoflow.inference import fuse
-
-    r = torch.from_numpy(rows)
-    return fuse(
-        net,
-        tensors["image_tokens"][r],
-        tensors["text_tokens"][r],
-        tensors["text_mask"][r],
-        batch_size,
-        temperature=temperature,
-    )
+    return score_rows(net, tensors, rows, batch_size, temperature)
 
 
 def _ablation_folders(folder: Path) -> list[tuple[str, Path]]:
@@ -471,14 +459,14 @@ def _explain(cfg, inputs, net, meta, tensors, test, predictions, out_dir: Path) 
     if cfg.evaluate.explain_per_class == 0:
         return []
     tiles = select_tiles(predictions, cfg.evaluate.explain_per_class)
-    rows = torch.from_numpy(np.flatnonzero(test)[tiles.index.to_numpy()])  # feature-store rows
+    rows = np.flatnonzero(test)[tiles.index.to_numpy()]  # feature-store rows
     return explain_tiles(
         inputs.encoder,
         net,
         meta,
         tiles,
-        tensors["text_tokens"][rows],
-        tensors["text_mask"][rows],
+        torch.from_numpy(tensors.read("text_tokens", rows)),
+        torch.from_numpy(tensors.read("text_mask", rows)),
         data_root=inputs.data,
         out_dir=out_dir,
     )

@@ -10,8 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from histoflow.config import Params
-from histoflow.embeddings.store import load_features
+from histoflow.embeddings.store import FeatureStore
 
 __all__ = ["PARAMS", "Inputs", "Outputs", "run"]
 
@@ -36,6 +38,10 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     """Write the monitoring reference folder; returns its summary."""
     from histoflow.monitoring.reference import write_reference
 
-    tensors, _, index = load_features(inputs.features)
-    pooled = tensors["image_pooled"].float().numpy()  # (N, D)
-    return write_reference(outputs.reference, index, pooled, cfg.reference.pca_components)
+    with FeatureStore(inputs.features) as store:  # pooled embeddings read in chunks
+        return write_reference(
+            outputs.reference,
+            store.index,
+            lambda rows: store.read("image_pooled", rows).astype(np.float32),  # (n, D)
+            cfg.reference.pca_components,
+        )

@@ -52,26 +52,27 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     import pandas as pd
     import torch
 
-    from histoflow.embeddings.store import feature_dims, load_features
+    from histoflow.embeddings.store import FeatureStore
     from histoflow.evaluation.label_audit import read_excluded
     from histoflow.models.ablations import create_classifier
     from histoflow.models.checkpoint import save_model
     from histoflow.models.fusion import FusionConfig
     from histoflow.training.calibrate import calibrate, calibration_rows
-    from histoflow.training.fusion import feature_dataset, fit_classifier
+    from histoflow.training.fusion import FeatureRows, fit_classifier
 
     p = cfg.train_fusion
-    tensors, meta, index = load_features(inputs.features)
+    store = FeatureStore(inputs.features)  # read batch by batch: memory does not grow with N
+    index, meta = store.index, store.meta
     classes = class_names(index)
     y = torch.tensor([classes.index(c) for c in index["label"]])
     # Tiles whose labels the audit doubts, when audit.label_issues is exclude (else none).
     kept = ~index["path"].isin(read_excluded(inputs.excluded)).to_numpy()
-    train = feature_dataset(tensors, y, (index["split"] == "train").to_numpy() & kept)
+    train = FeatureRows(store, y, (index["split"] == "train").to_numpy() & kept)
     # Part of val calibrates the conformal sets and so never steers training (calibrate.py).
     conformal = calibration_rows(index, p.calibration_share, p.seed)
     early_stop = (index["split"] == "val").to_numpy() & ~conformal & kept
-    val = feature_dataset(tensors, y, early_stop)
-    net_cfg = FusionConfig.from_params(p, num_classes=len(classes), **feature_dims(tensors))
+    val = FeatureRows(store, y, early_stop)
+    net_cfg = FusionConfig.from_params(p, num_classes=len(classes), **store.dims())
     description = {
         "config": net_cfg.to_dict(),
         "classes": classes,
@@ -98,7 +99,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
             pd.DataFrame(results[kind].history).to_csv(tmp / kind / "history.csv", index=False)
         write_json(tmp / "ablations.json", {"ablations": list(p.ablations)})
     fused = results["fusion"]
-    calibration, calibrated = calibrate(fused.net, tensors, y, early_stop, conformal, p.alpha)
+    calibration, calibrated = calibrate(fused.net, store, y, early_stop, conformal, p.alpha)
     save_model(
         outputs.model,
         fused.net,

@@ -41,24 +41,26 @@ def calibration_rows(index: pd.DataFrame, share: float, seed: int) -> np.ndarray
     return out
 
 
-def _head_logits(net, tensors: dict, rows: np.ndarray, batch_size: int = 256) -> torch.Tensor:
-    r = torch.from_numpy(rows)
-    image, text, mask = (tensors[k][r] for k in ("image_tokens", "text_tokens", "text_mask"))
+def _head_logits(net, store, rows: np.ndarray, batch_size: int = 256) -> torch.Tensor:
+    """(N, K, C) logits of the ``rows`` mask, read from the store a batch at a time."""
+    picked = np.flatnonzero(rows)
+    parts = []
     with torch.inference_mode():
-        parts = [
-            net(
-                image[s : s + batch_size].float(),
-                text[s : s + batch_size].float(),
-                mask[s : s + batch_size],
+        for s in range(0, len(picked), batch_size):
+            batch = store.rows(picked[s : s + batch_size])
+            parts.append(
+                net(
+                    torch.from_numpy(batch["image_tokens"]).float(),
+                    torch.from_numpy(batch["text_tokens"]).float(),
+                    torch.from_numpy(batch["text_mask"]),
+                )
             )
-            for s in range(0, len(image), batch_size)
-        ]
     return torch.cat(parts) if parts else torch.zeros(0, 1, 1)  # (N, K, C)
 
 
 def calibrate(
     net,
-    tensors: dict,
+    store,
     y: torch.Tensor,
     temperature_rows: np.ndarray,
     conformal_rows: np.ndarray,
@@ -68,7 +70,8 @@ def calibrate(
 
     Args:
         net: the trained network, eval mode, returning (B, K, C) logits.
-        tensors: the feature store's tensors.
+        store: the feature store (:class:`~histoflow.embeddings.store.FeatureStore`): rows are
+            read a batch at a time.
         y: (N,) class indices of every feature-store row.
         temperature_rows: (N,) bool mask.
         conformal_rows: (N,) bool mask, disjoint from ``temperature_rows``.
@@ -79,7 +82,7 @@ def calibrate(
         the val NLL before and after, and how many rows calibrate the sets.
     """
     net.eval()
-    logits = _head_logits(net, tensors, temperature_rows)
+    logits = _head_logits(net, store, temperature_rows)
     y_t = y[torch.from_numpy(temperature_rows)]
     t = fit_temperature(logits, y_t)
     summary = {
@@ -93,7 +96,7 @@ def calibrate(
     if not conformal_rows.any():
         return Calibration(temperature=t), summary
     # The same probabilities as histoflow.inference.fuse: heads averaged after the softmax.
-    cal_logits = _head_logits(net, tensors, conformal_rows)
+    cal_logits = _head_logits(net, store, conformal_rows)
     probs = (cal_logits / t).softmax(-1).mean(1).numpy()  # (N, C)
     y_c = y[torch.from_numpy(conformal_rows)]
     scores, labels = fit_conformal(probs, y_c.numpy(), alpha)

@@ -2,6 +2,11 @@
 
 Shared by ``train_fusion`` (the deployed model and its ablations) and ``evaluate``'s cross-group
 protocol (:func:`fit_on_group`), so every variant is trained by the same recipe.
+
+Rows come from the feature store batch by batch (:class:`FeatureRows` over
+:class:`histoflow.embeddings.store.FeatureStore`): memory holds one batch, not the store. The
+shuffle is a seeded permutation of row positions drawn exactly as for in-memory rows, so the
+batches, and the trained network, are the same bit for bit as with :func:`feature_dataset`.
 """
 
 from __future__ import annotations
@@ -15,14 +20,20 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from histoflow.config import TrainFusionConfig
 from histoflow.training.callbacks import EpochProgress, History, quiet_lightning
 from histoflow.training.modules import FusionClassifier
 from histoflow.training.reproducibility import DETERMINISTIC, seed
 
-__all__ = ["FitResult", "feature_dataset", "fit_classifier", "fit_on_group"]
+__all__ = [
+    "FeatureRows",
+    "FitResult",
+    "feature_dataset",
+    "fit_classifier",
+    "fit_on_group",
+]
 
 
 @dataclass
@@ -36,7 +47,10 @@ class FitResult:
 
 
 def feature_dataset(tensors: dict[str, torch.Tensor], y: torch.Tensor, rows) -> TensorDataset:
-    """(image tokens, caption tokens, caption mask, label) for the selected rows, in float32."""
+    """(image tokens, caption tokens, caption mask, label) for the selected rows, in float32.
+
+    Holds the rows in memory: for small sets and tests; stages read with :class:`FeatureRows`.
+    """
     rows = torch.as_tensor(rows)
     return TensorDataset(
         tensors["image_tokens"][rows].float(),
@@ -46,8 +60,54 @@ def feature_dataset(tensors: dict[str, torch.Tensor], y: torch.Tensor, rows) -> 
     )
 
 
+class FeatureRows(Dataset):
+    """Selected rows of a feature store, read when a batch asks for them.
+
+    A batch is (image tokens (B, T, D), caption tokens (B, L, Dt) float32, caption mask (B, L),
+    labels (B,)), the same tensors :func:`feature_dataset` holds in memory. ``__getitems__``
+    reads a whole batch with one call (torch's batched fetch), so a shuffled batch is one
+    sorted read pass over the store.
+
+    Args:
+        store: a :class:`~histoflow.embeddings.store.FeatureStore` (anything with ``rows``).
+        y: (N,) class index of every store row.
+        rows: the selected rows: a boolean mask over the store or row numbers.
+    """
+
+    def __init__(self, store, y: torch.Tensor, rows):
+        rows = np.asarray(rows)
+        self.store = store
+        self.y = torch.as_tensor(y)
+        self.rows = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitems__(self, positions: list[int]) -> tuple[torch.Tensor, ...]:
+        rows = self.rows[np.asarray(positions, dtype=np.int64)]
+        batch = self.store.rows(rows)
+        return (
+            torch.from_numpy(batch["image_tokens"]).float(),
+            torch.from_numpy(batch["text_tokens"]).float(),
+            torch.from_numpy(batch["text_mask"]),
+            self.y[torch.from_numpy(rows)],
+        )
+
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, ...]:
+        return tuple(t[0] for t in self.__getitems__([position]))
+
+
+def _as_batch(batch):
+    return batch  # FeatureRows.__getitems__ returns the batch already stacked
+
+
+def _loader(rows: Dataset, batch_size: int, **kwargs) -> DataLoader:
+    collate = _as_batch if isinstance(rows, FeatureRows) else None
+    return DataLoader(rows, batch_size=batch_size, collate_fn=collate, **kwargs)
+
+
 def fit_classifier(
-    build: Callable[[], nn.Module], train: TensorDataset, val: TensorDataset, p: TrainFusionConfig
+    build: Callable[[], nn.Module], train: Dataset, val: Dataset, p: TrainFusionConfig
 ) -> FitResult:
     """Train ``build()`` with :class:`FusionClassifier`; keep the epoch with the best val recall.
 
@@ -59,7 +119,7 @@ def fit_classifier(
 
     Args:
         build: makes the untrained network (e.g. ``partial(create_classifier, kind, cfg)``).
-        train: the training rows (:func:`feature_dataset`).
+        train: the training rows (:class:`FeatureRows`, or :func:`feature_dataset` in memory).
         val: the validation rows, for early stopping and the best epoch.
         p: the recipe; ``p.seed`` seeds everything random (``p.model_copy(update=...)`` for
             another seed).
@@ -88,7 +148,9 @@ def fit_classifier(
         trainer = L.Trainer(
             max_epochs=p.epochs,
             accelerator="auto",
-            devices=1,
+            devices=p.devices,
+            num_nodes=p.num_nodes,
+            strategy=p.strategy,
             logger=False,
             callbacks=[best, stop, history, EpochProgress(f"{_kind(net)} classifier")],
             enable_model_summary=False,
@@ -99,8 +161,8 @@ def fit_classifier(
         order = torch.Generator().manual_seed(p.seed)  # the batch order, whatever else drew
         trainer.fit(
             module,
-            DataLoader(train, batch_size=p.batch_size, shuffle=True, generator=order),
-            DataLoader(val, batch_size=256),
+            _loader(train, p.batch_size, shuffle=True, generator=order),
+            _loader(val, 256),
         )
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
         module.load_state_dict(state["state_dict"])
@@ -118,7 +180,7 @@ def _kind(net: nn.Module) -> str:
 
 def fit_on_group(
     build: Callable[[], nn.Module],
-    tensors: dict[str, torch.Tensor],
+    store,
     y: torch.Tensor,
     split: np.ndarray,
     home: np.ndarray,
@@ -128,12 +190,12 @@ def fit_on_group(
 
     Args:
         build: makes the untrained network (called after seeding, see :func:`fit_classifier`).
-        tensors: the feature store's tensors (all rows).
+        store: the feature store (:class:`~histoflow.embeddings.store.FeatureStore`).
         y: (N,) class indices of all rows.
         split: (N,) each row's split name.
         home: (N,) bool, the rows of the group trained on.
         p: the training recipe (the deployed model's).
     """
-    train = feature_dataset(tensors, y, home & (split == "train"))
-    val = feature_dataset(tensors, y, home & (split == "val"))
+    train = FeatureRows(store, y, home & (split == "train"))
+    val = FeatureRows(store, y, home & (split == "val"))
     return fit_classifier(build, train, val, p)
