@@ -143,7 +143,10 @@ def test_every_layout_gives_every_split_every_class_before_training(
     metrics, manifest = _validate(cfg, _import(layout, tiny_data, tmp_path), tmp_path / "out")
 
     assert metrics["split_origin"] == LAYOUTS[layout][1]
-    assert metrics["n_images"] == 48 and metrics["warnings"] == []
+    assert metrics["n_images"] == 48
+    # Layouts without patient ids get cases inferred from colour and pHash (#16); the tiny
+    # tiles all come from one generator, so inferred cases span splits: a warning, never more.
+    assert set(metrics["warnings"]) <= {"inferred_case_leak"}, metrics["warnings"]
     for split, rows in manifest.groupby("split"):
         assert rows["label"].nunique() == 3, split
     assert set(manifest["split"]) == {"train", "val", "test"}

