@@ -28,7 +28,7 @@ from histoflow.stages import train_fusion
 root = Path(sys.argv[1])
 cfg = parse_params(json.loads((root / "params.json").read_text()))
 out = root / "out"
-(root / "excluded.csv").write_text("path,reason\n")  # the audit excluded nothing
+(root / "excluded.csv").write_text("path,reason\\n")  # the audit excluded nothing
 train_fusion.run(
     cfg,
     train_fusion.Inputs(features=root / "features", excluded=root / "excluded.csv"),
@@ -69,6 +69,7 @@ def _feature_store(folder, n: int) -> None:
             "path": [f"t{i}.png" for i in range(n)],
             "label": [f"c{i % 3}" for i in range(n)],
             "split": split,
+            "patient_id": [f"P{i // 5}" for i in range(n)],  # 5 tiles a patient
         }
     ).to_csv(folder / INDEX_FILE, index=False)
 

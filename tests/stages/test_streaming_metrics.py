@@ -21,6 +21,7 @@ from histoflow.inference import fuse
 from histoflow.metrics import headline_metrics
 from histoflow.models.ablations import create_classifier
 from histoflow.models.fusion import FusionConfig
+from histoflow.training.calibrate import calibration_rows
 from histoflow.training.fusion import feature_dataset, fit_classifier
 
 
@@ -36,18 +37,26 @@ def test_streamed_train_fusion_and_evaluate_match_the_in_memory_path(reproduced_
         cfg.train_fusion, num_classes=len(classes), **feature_dims(tensors)
     )
 
+    # The val rows that stop training: the rest of val calibrates the conformal sets (#14).
+    early_stop = (split == "val") & ~calibration_rows(
+        index, cfg.train_fusion.calibration_share, cfg.train_fusion.seed
+    )
     result = fit_classifier(
         partial(create_classifier, "fusion", net_cfg),
         feature_dataset(tensors, y, split == "train"),
-        feature_dataset(tensors, y, split == "val"),
+        feature_dataset(tensors, y, early_stop),
         cfg.train_fusion,
     )
     test = torch.from_numpy(split == "test")
+    deployed = json.loads(
+        (reproduced_project / "outputs/train_fusion/model/model.json").read_text()
+    )
     probs, _ = fuse(
         result.net,
         tensors["image_tokens"][test],
         tensors["text_tokens"][test],
         tensors["text_mask"][test],
+        temperature=deployed["calibration"]["temperature"],
     )
 
     assert result.best_val_macro_recall == pytest.approx(

@@ -73,6 +73,8 @@ def leave_one_group_out(
         others = ~held & values.notna().to_numpy()
         if not rows.any() or not (others & (split == "train")).any():
             continue
+        if not (others & (split == "val")).any():  # nothing to stop training on: not judged
+            continue
         net = fit_on_group(build, tensors, y, split, others, p).net
         probs, _ = score_rows(net, tensors, rows, batch_size)
         y_g = y[torch.from_numpy(rows)].numpy()

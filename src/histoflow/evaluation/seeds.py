@@ -21,6 +21,7 @@ from histoflow.evaluation.scoring import score_rows
 from histoflow.metrics import HEADLINE, headline_metrics
 from histoflow.models.ablations import create_classifier
 from histoflow.models.fusion import FusionConfig
+from histoflow.training.calibrate import calibrate, calibration_rows
 from histoflow.training.fusion import FeatureRows, fit_classifier
 
 __all__ = ["seed_spread"]
@@ -56,13 +57,18 @@ def seed_spread(
     y = torch.tensor([classes.index(c) for c in index["label"]])
     split = index["split"].to_numpy()
     train = FeatureRows(store, y, split == "train")
-    val = FeatureRows(store, y, split == "val")
+    # The deployed recipe's rows: the val patients held out for the conformal sets never stop
+    # training; the temperature is fitted on the rest, as train_fusion does.
+    conformal = calibration_rows(index, p.calibration_share, p.seed)
+    early_stop = (split == "val") & ~conformal
+    val = FeatureRows(store, y, early_stop)
     test = split == "test"
     build = partial(create_classifier, "fusion", net_cfg)
     values: dict[str, list[float]] = {m: [] for m in HEADLINE}
     for s in seeds:
         net = fit_classifier(build, train, val, p.model_copy(update={"seed": s})).net
-        probs, _ = score_rows(net, store, test, batch_size)
+        calibration, _ = calibrate(net, store, y, early_stop, conformal, p.alpha)
+        probs, _ = score_rows(net, store, test, batch_size, calibration.temperature)
         scores = headline_metrics(y[torch.from_numpy(test)].numpy(), probs, bins=bins)
         for m in HEADLINE:
             values[m].append(float(scores[m][0]))
