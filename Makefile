@@ -49,8 +49,12 @@ browser:
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
 
+# Workers (pytest-xdist): most of the suite waits on child processes and servers, so three
+# workers on two cores finish sooner than one; each file stays on one worker (--dist loadfile)
+# so its module fixtures are built once. TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 3
 test: install browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(BIN)/ruff check src tests flows benchmarks

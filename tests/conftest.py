@@ -13,12 +13,14 @@ import shutil
 import struct
 import subprocess
 import sys
+import threading
 import zlib
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from filelock import FileLock
 
 from histoflow import tiny
 from histoflow.config import Params, parse_params
@@ -109,12 +111,58 @@ def dvc():
     return _dvc
 
 
-@pytest.fixture(scope="session")
-def reproduced_project(tmp_path_factory, tiny_data) -> Path:
-    """A project whose whole pipeline has run once with real `dvc repro` (do not modify)."""
-    root = _make_project(tmp_path_factory.mktemp("repro") / "project", tiny_data)
-    _dvc(root, "repro")
+def _shared(tmp_path_factory, worker_id: str, name: str, build) -> Path:
+    """``build(folder)`` once per session, then this worker's own copy of ``folder``.
+
+    Under pytest-xdist the first worker to need it builds it in the temporary folder the
+    workers share (the others wait on a file lock) and every worker takes a copy, so no two
+    workers run dvc in one repository; without workers it is built in place.
+    """
+    if worker_id == "master":
+        return build(tmp_path_factory.mktemp(name) / "project")
+    shared = tmp_path_factory.getbasetemp().parent / name
+    done = Path(f"{shared}.done")
+    with FileLock(f"{shared}.lock"):
+        if not done.is_file():
+            shutil.rmtree(shared, ignore_errors=True)  # a worker that failed half-way
+            build(shared)
+            done.touch()
+    root = tmp_path_factory.mktemp(name) / "project"
+    shutil.copytree(shared, root, symlinks=True)
     return root
+
+
+def _reproduce(data: Path):
+    def build(root: Path) -> Path:
+        _dvc(_make_project(root, data), "repro")
+        return root
+
+    return build
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _start_reproducing(tmp_path_factory, worker_id, _offline_environment):
+    """The first worker starts the shared `dvc repro` at once, in the background.
+
+    Its own tests go on meanwhile; a worker that needs the project sooner waits on the lock.
+    """
+    if worker_id != "gw0":
+        yield
+        return
+    data = tmp_path_factory.mktemp("prebuilt") / "data"
+    generate(data, **TINY_DATA)
+    build = threading.Thread(
+        target=_shared, args=(tmp_path_factory, worker_id, "reproduced", _reproduce(data))
+    )
+    build.start()
+    yield
+    build.join()
+
+
+@pytest.fixture(scope="session")
+def reproduced_project(tmp_path_factory, tiny_data, worker_id) -> Path:
+    """A project whose whole pipeline has run once with real `dvc repro` (do not modify)."""
+    return _shared(tmp_path_factory, worker_id, "reproduced", _reproduce(tiny_data))
 
 
 def _feature_store(folder: Path, tensors: dict, index: pd.DataFrame | None = None):
@@ -174,9 +222,12 @@ def prefect_harness():
 
 
 @pytest.fixture(scope="session")
-def trained_project(tmp_path_factory, reproduced_project, prefect_harness) -> Path:
+def trained_project(tmp_path_factory, reproduced_project, prefect_harness, worker_id) -> Path:
     """A copy of the reproduced project after one training flow run: champion = v1."""
-    root = tmp_path_factory.mktemp("trained") / "project"
-    shutil.copytree(reproduced_project, root, symlinks=True)
-    load_flow("training", REPO).training(root=str(root))
-    return root
+
+    def build(root: Path) -> Path:
+        shutil.copytree(reproduced_project, root, symlinks=True)
+        load_flow("training", REPO).training(root=str(root))
+        return root
+
+    return _shared(tmp_path_factory, worker_id, "trained", build)

@@ -78,6 +78,17 @@ def test_labelled_batch_gets_a_performance_section(tmp_path, trained_project, mo
     performance = summary["performance"]
     assert performance["n"] == 36 and 0.0 <= performance["accuracy"] <= 1.0
     assert set(performance["per_class_recall"]) == {"adipose", "lymphocytes", "stroma"}
+    # The champion has conformal sets (#14): their size and, with labels, their coverage are
+    # in drift.json and on the page's verdict panel.
+    sets = summary["prediction_sets"]
+    assert sets["n_labelled"] == 36 and 0.0 <= sets["coverage"] <= 1.0, sets
+    assert sets["mean_set_size"] > 0 and sets["reference_mean_set_size"] > 0, sets
+    saved = json.loads((trained_project / "monitoring/reports/labelled/drift.json").read_text())
+    assert saved["prediction_sets"] == sets
+    page = (trained_project / "monitoring/reports/labelled/drift.html").read_text()
+    panel = page[page.index('id="histoflow-verdict"') :][:4000]
+    assert f"prediction sets</b>: mean size {sets['mean_set_size']:.2f}" in panel
+    assert f"coverage {sets['coverage']:.3f} on 36 labelled images" in panel
 
 
 def test_empty_batch_fails_with_a_clear_message(tmp_path, trained_project, monitor):

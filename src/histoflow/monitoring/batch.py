@@ -138,6 +138,11 @@ def report_batch(
     }
     with atomic_path(out_dir / "predictions.csv") as tmp:
         predictions.to_csv(tmp, index=False)
+    # Conformal sets (#14): mean set size against the reference's, coverage with labels; in
+    # drift.json and on the page's verdict panel.
+    extra["prediction_sets"] = prediction_set_signal(
+        reference.data.predictions, predictions, current.labels, classes
+    )
     if len(predictions) < cfg.min_batch_size:  # a handful of images says nothing about drift
         summary = too_few_images_report(
             len(reference.data.predictions), current, cfg, out_dir, extra
@@ -152,9 +157,5 @@ def report_batch(
             reference.data, current, cfg, out_dir, classes=classes, extra=extra
         )
         summary["action"] = take_action(summary, cfg)
-    # Conformal sets (#14): mean set size against the reference's, coverage with labels.
-    summary["prediction_sets"] = prediction_set_signal(
-        reference.data.predictions, predictions, current.labels, classes
-    )
     write_json(out_dir / "drift.json", summary)
     return summary

@@ -180,6 +180,9 @@ def _header(summary: dict) -> str:
             f"<li><b>performance</b> on {perf['n']} labelled images: accuracy "
             f"{perf['accuracy']:.3f}, balanced accuracy {perf['balanced_accuracy']:.3f}</li>"
         )
+    sets = summary.get("prediction_sets")
+    if sets is not None:
+        rows.append(f"<li><b>prediction sets</b>: {html.escape(_sets_detail(sets))}</li>")
     verdict = "DRIFT DETECTED" if summary["drift_detected"] else "No drift detected"
     colour = "#b71c1c" if summary["drift_detected"] else "#1b5e20"
     base = {"verdict", "drift_detected", "counted_signals", "signals", "performance"}
@@ -210,6 +213,21 @@ def _detail(name: str, signal: dict) -> str:
         text += f": {', '.join(drifted)}"
     if signal["dropped_columns"]:
         text += f"; all-NaN, not compared: {', '.join(signal['dropped_columns'])}"
+    return text
+
+
+def _sets_detail(sets: dict) -> str:
+    """Mean conformal set size against the reference's (wider sets: less certain), coverage."""
+    ref = sets["reference_mean_set_size"]
+    text = f"mean size {sets['mean_set_size']:.2f}"
+    if ref is not None:
+        text += f" (reference {ref:.2f}, {sets['ratio']:.2f}x)" if sets["ratio"] else ""
+    text += (
+        f"; {sets['singleton_share']:.0%} single-class, {sets['empty_share']:.0%} empty"
+        " (wider sets than the reference mean the model is less sure of this batch)"
+    )
+    if sets["coverage"] is not None:
+        text += f"; coverage {sets['coverage']:.3f} on {sets['n_labelled']} labelled images"
     return text
 
 
