@@ -11,14 +11,16 @@ the tiles of one patient are not independent evidence.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 
+from histoflow.io import atomic_path
 from histoflow.metrics import bootstrap_weights
 
-__all__ = ["aggregate_cases", "case_metrics"]
+__all__ = ["aggregate_cases", "case_metrics", "case_results"]
 
 Method = Literal["mean", "vote"]
 
@@ -110,4 +112,32 @@ def case_metrics(
         c: (float(recall[0, i]) if np.isfinite(recall[0, i]) else None)
         for i, c in enumerate(classes)
     }
+    return out
+
+
+def case_results(folder: Path, table: pd.DataFrame, probs: np.ndarray, classes, p) -> dict:
+    """Patient/slide-level results of the test split, per ``p.case_columns`` column present.
+
+    Writes ``cases_<column>.csv`` (one row per case) into ``folder``.
+
+    Args:
+        folder: where the case tables go.
+        table: the test rows (``label`` and the case columns).
+        probs: (N, C) calibrated probabilities of those rows.
+        classes: the class names.
+        p: the ``evaluate`` params (``case_columns``, ``case_method``, ``bootstrap``, ``seed``).
+
+    Returns:
+        ``{column: case_metrics(...) | {"method": p.case_method}}``.
+    """
+    out = {}
+    for column in (c for c in p.case_columns if c in table):
+        cases = aggregate_cases(
+            table[column], probs, classes, labels=table["label"], method=p.case_method
+        )
+        out[column] = case_metrics(cases, classes, resamples=p.bootstrap, seed=p.seed) | {
+            "method": p.case_method
+        }
+        with atomic_path(Path(folder) / f"cases_{column}.csv") as tmp:
+            cases.to_csv(tmp, index=False)
     return out

@@ -263,6 +263,50 @@ def explain_tiles(
     return write_panels(tiles, images, maps, embedder.transform, out_dir)
 
 
+def explain_test_tiles(
+    encoder_dir: Path,
+    data_root: Path,
+    fusion: nn.Module,
+    meta: dict,
+    tensors,
+    test_rows: np.ndarray,
+    predictions: pd.DataFrame,
+    *,
+    per_class: int,
+    out_dir: Path,
+) -> list[dict]:
+    """Panels for ``per_class`` correct and wrong test tiles per class (none when 0).
+
+    Args:
+        encoder_dir: the trained encoder's folder.
+        data_root: the folder the predictions' paths are relative to.
+        fusion: the fusion classifier.
+        meta: its model.json.
+        tensors: the feature store (its caption tokens are read for the chosen tiles).
+        test_rows: the feature-store row of each row of ``predictions``.
+        predictions: the test predictions (``path``, ``label``, ``predicted``, ``correct``).
+        per_class: tiles per class and outcome (``evaluate.explain_per_class``).
+        out_dir: where the panel PNGs go.
+
+    Returns:
+        :func:`explain_tiles`' panel records.
+    """
+    if per_class == 0:
+        return []
+    tiles = select_tiles(predictions, per_class)
+    rows = test_rows[tiles.index.to_numpy()]
+    return explain_tiles(
+        encoder_dir,
+        fusion,
+        meta,
+        tiles,
+        torch.from_numpy(tensors.read("text_tokens", rows)),
+        torch.from_numpy(tensors.read("text_mask", rows)),
+        data_root=data_root,
+        out_dir=out_dir,
+    )
+
+
 def load_tiles(
     root: Path,
     paths: Sequence[str],

@@ -5,14 +5,10 @@ ablation table and the cross-group table), ``predictions.csv``, ``summary.csv``,
 the HTML report ``reports/evaluate/index.html``.
 
 torch, grad-cam and matplotlib load when the stage runs, not at import: flows read this
-module's ``Outputs`` without paying for them.
-
-Why this module is over 400 lines: each optional protocol (cross-group, seed spread,
-robustness and leave-one-group-out, grouped CV, calibration and conformal sets, cases) has a
-short adapter here that turns params and the feature store into the call of its own module in
-``histoflow.evaluation``. The adapters are glue, but they should move beside those modules (one
-``from_params`` each) so this file keeps only ``run``; left for the next change, recorded in the
-closing note.
+module's ``Outputs`` without paying for them. Each optional protocol (cross-group, seed spread,
+robustness, grouped CV, calibration and conformal sets, cases) is a short adapter here from
+params and the feature store to its module in ``histoflow.evaluation``; the tables written
+from the metrics are ``histoflow.evaluation.tables``.
 """
 
 from __future__ import annotations
@@ -28,11 +24,12 @@ import pandas as pd
 
 from histoflow.config import Params
 from histoflow.embeddings.store import FeatureStore
+from histoflow.evaluation import tables
+from histoflow.evaluation.cases import case_results
 from histoflow.evaluation.groups import cross_group_home, cross_group_scores, group_breakdowns
 from histoflow.evaluation.report import write_report
 from histoflow.io import atomic_path
 from histoflow.metrics import (
-    HEADLINE,
     WORST_CASE,
     BootstrapWeights,
     bootstrap_ci,
@@ -104,13 +101,13 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     metrics["ci"] = bootstrap_ci(y_true, probs, weights, bins=p.ece_bins)
     metrics["bootstrap"] = p.bootstrap
 
-    ablations = {"fusion": _row(metrics)}
+    ablations = {"fusion": tables.row(metrics)}
     for kind, folder in _ablation_folders(inputs.ablations):
         a_net, _ = load_classifier(folder)
         a_probs, _ = _score(a_net, tensors, test, p.batch_size)
         a = classification_metrics(y_true, a_probs, classes, bins=p.ece_bins)
         a["ci"] = bootstrap_ci(y_true, a_probs, weights, bins=p.ece_bins)
-        ablations[kind] = _row(a) | {
+        ablations[kind] = tables.row(a) | {
             "fusion_vs_this": paired_difference(y_true, probs, a_probs, weights)
         }
     metrics["ablations"] = ablations
@@ -140,7 +137,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     if p.cv_folds:
         metrics["grouped_cv"] = _grouped_cv(cfg, inputs.cases, tensors, index, classes)
 
-    predictions = _predictions(table, probs, unc, classes, y_true, groups + extra)
+    predictions = tables.predictions(table, probs, unc, classes, y_true, groups + extra)
     trust_pngs = _trust(
         outputs.trust,
         metrics,
@@ -154,13 +151,13 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         p,
     )
     # After the plots: they replace the trust folder as a whole.
-    metrics["cases"] = _cases(outputs.trust, table, probs, classes, p)
+    metrics["cases"] = case_results(outputs.trust, table, probs, classes, p)
     with atomic_path(outputs.predictions) as tmp:
         predictions.to_csv(tmp, index=False)
     with atomic_path(outputs.summary) as tmp:
-        _summary(metrics).to_csv(tmp, index=False)
+        tables.summary(metrics).to_csv(tmp, index=False)
     with atomic_path(outputs.breakdowns) as tmp:
-        _long_breakdowns(breakdowns).to_csv(tmp, index=False)
+        tables.long_breakdowns(breakdowns).to_csv(tmp, index=False)
 
     pngs = write_plots(
         outputs.plots,
@@ -178,8 +175,20 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         plot_robustness(metrics["robustness"], outputs.plots / "robustness.png")
         pngs = [*pngs, outputs.plots / "robustness.png"]
     with tempfile.TemporaryDirectory(prefix="histoflow-explain-") as panel_dir:
-        panels = _explain(cfg, inputs, net, meta, tensors, test, predictions, Path(panel_dir))
-        saved = _eval_json(metrics, breakdowns)
+        from histoflow.evaluation.explain import explain_test_tiles
+
+        panels = explain_test_tiles(
+            inputs.encoder,
+            inputs.data,
+            net,
+            meta,
+            tensors,
+            np.flatnonzero(test),
+            predictions,
+            per_class=cfg.evaluate.explain_per_class,
+            out_dir=Path(panel_dir),
+        )
+        saved = tables.eval_json(metrics, breakdowns)
         write_report(
             outputs.report,
             saved,
@@ -334,23 +343,6 @@ def _grouped_cv(cfg: Params, cases: Path, tensors: FeatureStore, index, classes:
     return {"grouped_by": source, **cv}
 
 
-def _cases(folder: Path, table, probs, classes, p) -> dict:
-    """Patient/slide-level results (#14): one CSV per case column, metrics with CIs over cases."""
-    from histoflow.evaluation.cases import aggregate_cases, case_metrics
-
-    out = {}
-    for column in (c for c in p.case_columns if c in table):
-        cases = aggregate_cases(
-            table[column], probs, classes, labels=table["label"], method=p.case_method
-        )
-        out[column] = case_metrics(cases, classes, resamples=p.bootstrap, seed=p.seed) | {
-            "method": p.case_method
-        }
-        with atomic_path(Path(folder) / f"cases_{column}.csv") as tmp:
-            cases.to_csv(tmp, index=False)
-    return out
-
-
 def _trust(folder, metrics, predictions, calibration, scored, y, probs, classes, weights, p):
     """Calibration before/after and the conformal sets' coverage (#14): metrics, columns, plots."""
     from histoflow.evaluation.calibration import (
@@ -390,59 +382,6 @@ def _ablation_folders(folder: Path) -> list[tuple[str, Path]]:
     return sorted((d.name, d) for d in Path(folder).iterdir() if (d / "model.json").is_file())
 
 
-def _row(m: dict) -> dict:
-    return {k: m[k] for k in HEADLINE} | {"ci": m["ci"]}
-
-
-def _predictions(table, probs, unc, classes, y_true, groups) -> pd.DataFrame:
-    out = pd.DataFrame(
-        {
-            "path": table["path"],
-            "label": table["label"],
-            "predicted": [classes[i] for i in probs.argmax(1)],
-        }
-    )
-    for i, name in enumerate(classes):
-        out[f"prob_{name}"] = probs[:, i]
-    out["uncertainty"] = unc
-    for g in groups:
-        out[g] = table[g]
-    out["correct"] = probs.argmax(1) == y_true
-    return out
-
-
-def _summary(metrics: dict) -> pd.DataFrame:
-    """Long table: every model's headline metrics with CIs, then the fusion model per class."""
-    rows = [
-        {
-            "model": model,
-            "class": "",
-            "metric": k,
-            "value": a[k],
-            "ci_low": a["ci"][k][0],
-            "ci_high": a["ci"][k][1],
-        }
-        for model, a in metrics["ablations"].items()
-        for k in HEADLINE
-    ]
-    rows += [
-        {"model": "fusion", "class": c, "metric": k, "value": v[k], "ci_low": None, "ci_high": None}
-        for c, v in metrics["per_class"].items()
-        for k in ("precision", "recall", "f1", "auroc", "average_precision", "support")
-    ]
-    return pd.DataFrame(rows)
-
-
-def _long_breakdowns(breakdowns: dict) -> pd.DataFrame:
-    return pd.DataFrame(
-        [
-            {"column": c, "group": g, **r}
-            for c, groups in breakdowns.items()
-            for g, r in groups.items()
-        ]
-    )
-
-
 def _histories(inputs: Inputs) -> dict[str, pd.DataFrame]:
     """Every model's training curve that exists (an empty CSV has none)."""
     paths = (
@@ -455,48 +394,3 @@ def _histories(inputs: Inputs) -> dict[str, pd.DataFrame]:
         for name, path in paths
         if Path(path).is_file() and Path(path).stat().st_size > 1
     }
-
-
-def _explain(cfg, inputs, net, meta, tensors, test, predictions, out_dir: Path) -> list[dict]:
-    """Grad-CAM / rollout panels for a few correct and wrong test tiles per class."""
-    import torch
-
-    from histoflow.evaluation.explain import explain_tiles, select_tiles
-
-    if cfg.evaluate.explain_per_class == 0:
-        return []
-    tiles = select_tiles(predictions, cfg.evaluate.explain_per_class)
-    rows = np.flatnonzero(test)[tiles.index.to_numpy()]  # feature-store rows
-    return explain_tiles(
-        inputs.encoder,
-        net,
-        meta,
-        tiles,
-        torch.from_numpy(tensors.read("text_tokens", rows)),
-        torch.from_numpy(tensors.read("text_mask", rows)),
-        data_root=inputs.data,
-        out_dir=out_dir,
-    )
-
-
-def _eval_json(metrics: dict, breakdowns: dict) -> dict:
-    """evaluate.json's keys: the headline metrics, n, per class, by group, CIs, ablations..."""
-    saved = {
-        k: metrics[k]
-        for k in (*HEADLINE, "n", "per_class", "by_group", "ci", "ablations", "bootstrap")
-    }
-    saved["per_class_recall"] = {c: v["recall"] for c, v in metrics["per_class"].items()}
-    for optional in (
-        "cross_group",
-        "seed_spread",
-        "grouped_cv",
-        "robustness",
-        WORST_CASE,
-        "calibration",
-        "conformal",
-        "cases",
-    ):
-        if optional in metrics:
-            saved[optional] = metrics[optional]
-    saved["breakdowns"] = breakdowns  # for the report; breakdowns.csv holds it as a table
-    return saved
