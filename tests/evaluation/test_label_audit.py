@@ -46,6 +46,21 @@ def test_clean_labels_give_almost_no_issues(slide_embeddings):
     assert len(issues) <= 2
 
 
+def test_the_label_audit_forks_no_worker_pool(slide_embeddings, monkeypatch):
+    # A forked pool deadlocked the audit stage in a test run (a child stuck on a lock of the
+    # parent's threads); cleanlab would fork one per core, so the audit must ask for none.
+    import multiprocessing
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("find_label_issues started a multiprocessing pool")
+
+    monkeypatch.setattr(multiprocessing, "Pool", no_pool)
+    monkeypatch.setattr(multiprocessing, "cpu_count", lambda: 8)  # as on a many-core machine
+    x, y, _ = slide_embeddings
+    index = pd.DataFrame({"path": [f"t{i}" for i in range(len(y))], "split": "train"})
+    find_label_issues(out_of_fold_probabilities(x, y), y, index, ["a", "b", "c"])
+
+
 def test_too_few_tiles_per_class_names_the_setting():
     x = np.zeros((8, 2))
     with pytest.raises(ValueError, match="audit.folds"):

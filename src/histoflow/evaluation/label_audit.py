@@ -113,6 +113,11 @@ def find_label_issues(
         pred_probs=probabilities,
         filter_by="prune_by_noise_rate",
         return_indices_ranked_by="self_confidence",
+        # No worker pool: cleanlab forks one per physical core, and a fork of this process
+        # (pyarrow's jemalloc thread, torch's and faiss's OpenMP pools) can deadlock in the
+        # child: the audit stage hung for good in a test run. One process gives the same
+        # result (cleanlab's docs) and the per-class pruning is cheap.
+        n_jobs=1,
     )
     quality = get_label_quality_scores(y, probabilities, method="self_confidence")
     names = np.asarray(classes, dtype=object)
