@@ -24,6 +24,7 @@ __all__ = [
     "headline_metrics",
     "macro_recall",
     "paired_difference",
+    "weight_blocks",
 ]
 
 # Metrics with a bootstrap 95% CI in evaluate.json (ece: lower is better; the rest higher).
@@ -176,11 +177,14 @@ class BootstrapWeights:
             yield rng.multinomial(self.n, np.full(self.n, 1.0 / self.n), size=size).astype(float)
 
 
+def weight_blocks(weights: np.ndarray | BootstrapWeights):
+    """Row blocks (r, N) of a weights matrix: the matrix itself, or :class:`BootstrapWeights`' draws."""
+    return weights.blocks() if isinstance(weights, BootstrapWeights) else [weights]
+
+
 def _resampled(y_true, probs, weights, bins: int = 15) -> dict[str, np.ndarray]:
     """:func:`headline_metrics` under a weights matrix or :class:`BootstrapWeights` blocks."""
-    if not isinstance(weights, BootstrapWeights):
-        return headline_metrics(y_true, probs, weights, bins=bins)
-    parts = [headline_metrics(y_true, probs, w, bins=bins) for w in weights.blocks()]
+    parts = [headline_metrics(y_true, probs, w, bins=bins) for w in weight_blocks(weights)]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 

@@ -11,13 +11,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from scipy.stats import binomtest
 
-from histoflow.metrics import BootstrapWeights, headline_metrics
+from histoflow.metrics import BootstrapWeights, headline_metrics, weight_blocks
 
 __all__ = ["calibration_metrics", "conformal_metrics", "write_calibration_plots"]
 
@@ -33,16 +33,11 @@ def _per_sample(y: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def _blocks(w) -> list[np.ndarray] | Iterator[np.ndarray]:
-    """A weights matrix as row blocks: :class:`~histoflow.metrics.BootstrapWeights` draws its own."""
-    return w.blocks() if isinstance(w, BootstrapWeights) else [w]
-
-
 def _scores(y: np.ndarray, probs: np.ndarray, w, bins: int) -> dict[str, np.ndarray]:
     """{metric: (R,)} under each row of sample weights ``w`` (R, N), drawn a block at a time."""
     per_sample = _per_sample(y, probs)
     parts = []
-    for block in _blocks(w):
+    for block in weight_blocks(w):
         out = {"ece": headline_metrics(y, probs, block, bins=bins)["ece"]}
         for name, v in per_sample.items():
             out[name] = (block @ v) / block.sum(1)
@@ -117,7 +112,7 @@ def conformal_metrics(
         "coverage_ci": _wilson(int(covered.sum()), len(y)),
         "mean_set_size": float(size.mean()) if len(y) else None,
         "mean_set_size_ci": _percentile_ci(
-            np.concatenate([(b @ size) / b.sum(1) for b in _blocks(weights)])
+            np.concatenate([(b @ size) / b.sum(1) for b in weight_blocks(weights)])
         ),
         "singleton_share": float((size == 1).mean()) if len(y) else None,
         "empty_share": float((size == 0 if empty is None else empty).mean()) if len(y) else None,
