@@ -275,7 +275,7 @@ def explain_test_tiles(
     per_class: int,
     out_dir: Path,
 ) -> list[dict]:
-    """Panels for ``per_class`` correct and wrong test tiles per class (none when 0).
+    """Panels for ``per_class`` correct and wrong test tiles per class.
 
     Args:
         encoder_dir: the trained encoder's folder.
@@ -291,8 +291,6 @@ def explain_test_tiles(
     Returns:
         :func:`explain_tiles`' panel records.
     """
-    if per_class == 0:
-        return []
     tiles = select_tiles(predictions, per_class)
     rows = test_rows[tiles.index.to_numpy()]
     return explain_tiles(

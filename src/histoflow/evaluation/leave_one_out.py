@@ -71,9 +71,8 @@ def leave_one_group_out(
         held = (values == g).fillna(False).to_numpy()
         rows = held & test
         others = ~held & values.notna().to_numpy()
-        if not rows.any() or not (others & (split == "train")).any():
-            continue
-        if not (others & (split == "val")).any():  # nothing to stop training on: not judged
+        # Not judged: no rows held out, or nothing left to train on or to stop training on.
+        if not rows.any() or not all((others & (split == s)).any() for s in ("train", "val")):
             continue
         net = fit_on_group(build, tensors, y, split, others, p).net
         probs, _ = score_rows(net, tensors, rows, batch_size)

@@ -218,10 +218,9 @@ def _detail(name: str, signal: dict) -> str:
 
 def _sets_detail(sets: dict) -> str:
     """Mean conformal set size against the reference's (wider sets: less certain), coverage."""
-    ref = sets["reference_mean_set_size"]
     text = f"mean size {sets['mean_set_size']:.2f}"
-    if ref is not None:
-        text += f" (reference {ref:.2f}, {sets['ratio']:.2f}x)" if sets["ratio"] else ""
+    if sets["ratio"] is not None:  # None without a reference size (or a zero one)
+        text += f" (reference {sets['reference_mean_set_size']:.2f}, {sets['ratio']:.2f}x)"
     text += (
         f"; {sets['singleton_share']:.0%} single-class, {sets['empty_share']:.0%} empty"
         " (wider sets than the reference mean the model is less sure of this batch)"

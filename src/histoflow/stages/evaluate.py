@@ -175,19 +175,21 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         plot_robustness(metrics["robustness"], outputs.plots / "robustness.png")
         pngs = [*pngs, outputs.plots / "robustness.png"]
     with tempfile.TemporaryDirectory(prefix="histoflow-explain-") as panel_dir:
-        from histoflow.evaluation.explain import explain_test_tiles
+        panels = []
+        if cfg.evaluate.explain_per_class:  # grad-cam and the encoder load only when asked
+            from histoflow.evaluation.explain import explain_test_tiles
 
-        panels = explain_test_tiles(
-            inputs.encoder,
-            inputs.data,
-            net,
-            meta,
-            tensors,
-            np.flatnonzero(test),
-            predictions,
-            per_class=cfg.evaluate.explain_per_class,
-            out_dir=Path(panel_dir),
-        )
+            panels = explain_test_tiles(
+                inputs.encoder,
+                inputs.data,
+                net,
+                meta,
+                tensors,
+                np.flatnonzero(test),
+                predictions,
+                per_class=cfg.evaluate.explain_per_class,
+                out_dir=Path(panel_dir),
+            )
         saved = tables.eval_json(metrics, breakdowns)
         write_report(
             outputs.report,
