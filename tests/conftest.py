@@ -120,6 +120,14 @@ def _shared(tmp_path_factory, worker_id: str, name: str, build) -> Path:
     """
     if worker_id == "master":
         return build(tmp_path_factory.mktemp(name) / "project")
+    shared = _build_once(tmp_path_factory, name, build)
+    root = tmp_path_factory.mktemp(name) / "project"
+    shutil.copytree(shared, root, symlinks=True)
+    return root
+
+
+def _build_once(tmp_path_factory, name: str, build) -> Path:
+    """``build`` into the workers' shared temporary folder, unless a worker already did."""
     shared = tmp_path_factory.getbasetemp().parent / name
     done = Path(f"{shared}.done")
     with FileLock(f"{shared}.lock"):
@@ -127,9 +135,7 @@ def _shared(tmp_path_factory, worker_id: str, name: str, build) -> Path:
             shutil.rmtree(shared, ignore_errors=True)  # a worker that failed half-way
             build(shared)
             done.touch()
-    root = tmp_path_factory.mktemp(name) / "project"
-    shutil.copytree(shared, root, symlinks=True)
-    return root
+    return shared
 
 
 def _reproduce(data: Path):
@@ -152,7 +158,7 @@ def _start_reproducing(tmp_path_factory, worker_id, _offline_environment):
     data = tmp_path_factory.mktemp("prebuilt") / "data"
     generate(data, **TINY_DATA)
     build = threading.Thread(
-        target=_shared, args=(tmp_path_factory, worker_id, "reproduced", _reproduce(data))
+        target=_build_once, args=(tmp_path_factory, "reproduced", _reproduce(data))
     )
     build.start()
     yield
