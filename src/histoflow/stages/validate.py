@@ -87,22 +87,25 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
             first; the manifest is not, so the last good manifest stays in place.
     """
     # Great Expectations and the QC libraries load here, not at import: flows read Outputs.
-    import pandas as pd
-
+    # They load after the source is read, so a wrong or empty data folder fails in a second.
     from histoflow.data.ingest.sources import (
         assign_splits,
         read_source,
         split_origin,
         unlisted_images,
     )
+
+    source = read_source(inputs.data, cfg.data.manifest, cfg.data.label_column)
+    unlisted = unlisted_images(inputs.data, source["path"], cfg.data.manifest)
+
+    import pandas as pd
+
     from histoflow.data.manifest import printable_path
     from histoflow.data.quality.contract import check_contract
     from histoflow.data.quality.dedupe import cross_split_copies
     from histoflow.data.quality.report import write_validation_report
     from histoflow.data.quality.table import feature_table
 
-    source = read_source(inputs.data, cfg.data.manifest, cfg.data.label_column)
-    unlisted = unlisted_images(inputs.data, source["path"], cfg.data.manifest)
     # Unchanged images reuse their rows from the previous run (keyed by path, size, mtime,
     # confirmed by sha256); the cache sits beside the manifest, outside DVC's outputs.
     qc = feature_table(
