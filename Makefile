@@ -58,7 +58,8 @@ browser:
 TEST_WORKERS ?= 3
 TEST_THREADS ?= 1
 test: install browser
-	OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile \
+	  --no-loadscope-reorder
 
 lint: install
 	$(BIN)/ruff check src tests flows benchmarks

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -30,6 +31,45 @@ from histoflow.tiny import TINY, TINY_DATA
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = str(Path(sys.executable).parent)
+
+# The order xdist deals files out in (`make test` passes --no-loadscope-reorder; its default
+# deals the files with the most tests first). The longest files go first, so that no worker
+# starts a two-minute file when the others are done: first those that need no shared project
+# (they run while the first worker builds it), then those that wait for it. The rest follow
+# in collection order. A file missing here only runs later; nothing else depends on the list.
+_LONGEST_FIRST = (
+    "tests/test_recipes_end_to_end.py",
+    "tests/stages/test_validate_defects.py",
+    "tests/stages/test_train_encoder.py",
+    "tests/monitoring/test_report.py",
+    "tests/stages/test_fusion_memory.py",
+    "tests/test_reproducibility.py",
+    "tests/flows/test_training_flow.py",
+    "tests/flows/test_served_deployments.py",
+    "tests/test_orchestration.py",
+    "tests/flows/test_monitoring_flow.py",
+    "tests/test_recipes.py",
+    "tests/registry/test_mlflow_server.py",
+    "tests/stages/test_embed_distributed.py",
+)
+
+
+@pytest.fixture(autouse=True)
+def _sigint_as_python_starts():
+    """Each test leaves Ctrl-C's handler as Python sets it.
+
+    Under xdist the first test of each worker has been seen to leave SIGINT ignored (source not
+    found; not the imports, not when the same tests run in one process), and every process a
+    later test starts inherits an ignored SIGINT: `histoflow run` then shrugs off Ctrl-C.
+    """
+    yield
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {path: i for i, path in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
 
 
 def _tiny_params_dict(**overrides: dict) -> dict:
@@ -228,10 +268,15 @@ def prefect_harness():
 
 
 @pytest.fixture(scope="session")
-def trained_project(tmp_path_factory, reproduced_project, prefect_harness, worker_id) -> Path:
-    """A copy of the reproduced project after one training flow run: champion = v1."""
+def trained_project(tmp_path_factory, reproduced_project, worker_id, request) -> Path:
+    """A copy of the reproduced project after one training flow run: champion = v1.
+
+    Prefect's harness starts only on the worker that builds it (17 s of CPU a worker), not on
+    every worker whose tests merely read the trained project.
+    """
 
     def build(root: Path) -> Path:
+        request.getfixturevalue("prefect_harness")
         shutil.copytree(reproduced_project, root, symlinks=True)
         load_flow("training", REPO).training(root=str(root))
         return root

@@ -46,6 +46,9 @@ def _start(root, bin_dir, *args) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,  # its own process group, as a terminal gives it
+        # and Ctrl-C's default action, as a terminal's foreground job has (a disposition this
+        # worker process inherited or was left with would otherwise pass on to the run).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

@@ -34,7 +34,7 @@ def _greyscale_batch(folder, n=36, size=32):
 
 
 @pytest.fixture
-def monitor(flow_module):
+def monitor(flow_module, prefect_harness):
     """``monitor(batch, project, **kwargs)``: the monitoring flow on one batch folder."""
 
     def run(batch, project, **kwargs):
@@ -115,7 +115,9 @@ def test_missing_champion_fails_with_a_clear_message(tmp_path, trained_project, 
         )
 
 
-def test_inbox_reports_each_batch_once_and_retries_failures(tmp_path, trained_project, flow_module):
+def test_inbox_reports_each_batch_once_and_retries_failures(
+    tmp_path, trained_project, flow_module, prefect_harness
+):
     import shutil
 
     project = tmp_path / "project"
