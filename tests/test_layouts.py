@@ -1,16 +1,17 @@
 """Every data layout the importers accept reaches a registered model.
 
 Each layout is built from the tiny dataset's tiles (3 classes x 16 tiles, 8 patients per
-class) and imported with ``histoflow data import`` as a user would. What differs between
-layouts is how the splits come about, and that is settled in ``validate``, before anything
-trains: the validated manifest of every layout has train, val and test with every class, the
-only input the later stages read besides the images. So the suite runs ``validate`` on every
-layout (a few seconds each), and the training flow itself on the synthetic layout (the shared
-``trained_project``), whose splits a train-only folder reproduces exactly.
+class) and imported with ``histoflow data import`` as a user would. Then every stage runs on
+it, in ``dvc.yaml``'s order and in this process (``run_stage``: the stage code a stage process
+runs, without the 5-10 s of imports each process costs), and the run is registered in the
+project's SQLite MLflow by ``registry.register_run``, the call the training flow makes. What
+differs between layouts is how the splits come about, settled in ``validate`` before anything
+trains; the test checks that too.
 
-The whole training flow on every layout (``histoflow run``: DVC stages under the session's
-Prefect harness, MLflow on SQLite) costs about 3 minutes a layout on two busy cores, so it
-runs only when asked: ``HISTOFLOW_LAYOUT_RUNS=1 pytest tests/test_layouts.py``.
+The same under ``histoflow run`` (DVC stage processes, the Prefect flow) costs about 3 minutes a
+layout on two busy cores, so it runs only when asked: ``HISTOFLOW_LAYOUT_RUNS=1 pytest
+tests/test_layouts.py``; the suite runs the flow itself on the synthetic layout
+(``trained_project``).
 """
 
 from __future__ import annotations
@@ -18,17 +19,30 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
+from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from histoflow.config import parse_params
 from histoflow.data.ingest import import_dataset
 from histoflow.project import load_flow
-from histoflow.registry import evaluation_metrics
-from histoflow.stages import evaluate, get_stage, validate
+from histoflow.registry import TrainingRun, evaluation_metrics, register_run, tracking_uri
+from histoflow.registry.tracking import use_tracking_uri
+from histoflow.stages import (
+    STAGE_NAMES,
+    evaluate,
+    get_stage,
+    reference,
+    run_stage,
+    train_encoder,
+    train_fusion,
+    validate,
+)
 
 # Patients 0-4 of each class train, 5 validates, 6-7 test, wherever the data gives splits.
 _SPLIT_OF_PATIENT = ("train",) * 5 + ("val", "test", "test")
@@ -136,21 +150,53 @@ def _validate(cfg, data, out):
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_every_layout_gives_every_split_every_class_before_training(
-    layout, tiny_data, tiny_params_dict, tmp_path
+def test_every_layout_reaches_a_registered_model(
+    layout, tiny_data, tiny_params_dict, tmp_path, monkeypatch
 ):
-    cfg = parse_params(tiny_params_dict(**_CHEAP))
-    metrics, manifest = _validate(cfg, _import(layout, tiny_data, tmp_path), tmp_path / "out")
+    raw = tiny_params_dict(**_CHEAP)
+    cfg = parse_params(raw)
+    _import(layout, tiny_data, tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    monkeypatch.chdir(tmp_path)
 
+    metrics = run_stage("validate", cfg)
+    # Every split with every class before anything trains, recorded as given or carved.
     assert metrics["split_origin"] == LAYOUTS[layout][1]
     assert metrics["n_images"] == 48
     # Layouts without patient ids get cases inferred from colour and pHash (#16); the tiny
     # tiles all come from one generator, so inferred cases span splits: a warning, never more.
     assert set(metrics["warnings"]) <= {"inferred_case_leak"}, metrics["warnings"]
+    manifest = pd.read_parquet(validate.Outputs().manifest)
     for split, rows in manifest.groupby("split"):
         assert rows["label"].nunique() == 3, split
     assert set(manifest["split"]) == {"train", "val", "test"}
     assert (manifest.groupby("patient_id")["split"].nunique() == 1).all()
+
+    for name in STAGE_NAMES[STAGE_NAMES.index("validate") + 1 :]:
+        run_stage(name, cfg)
+    evaluated = json.loads(evaluate.Outputs().metrics.read_text())
+    assert len(evaluated["per_class"]) == 3  # every class was scored on test
+
+    use_tracking_uri(tracking_uri(tmp_path))
+    registration = register_run(_training_run(tmp_path), cfg)
+    assert registration.version == "1" and registration.promoted, registration
+    champion = MlflowClient().get_model_version_by_alias("histoflow", "champion")
+    assert str(champion.version) == "1"
+
+
+def _training_run(root):
+    """The run the training flow's ``register`` task hands to the registry (flows/training.py)."""
+    evaluated = evaluate.Outputs()
+    return TrainingRun(
+        root=root,
+        evaluation=root / evaluated.metrics,
+        manifest=root / validate.Outputs().manifest,
+        encoder=root / train_encoder.Outputs().model,
+        fusion=root / train_fusion.Outputs().model,
+        reference=root / reference.Outputs().reference,
+        reference_predictions=root / evaluated.predictions,
+        artifacts=(root / "params.yaml", root / Path(evaluated.metrics).parent),
+    )
 
 
 def test_a_train_only_folder_splits_as_the_trained_synthetic_layout(
@@ -174,7 +220,7 @@ def test_a_train_only_folder_splits_as_the_trained_synthetic_layout(
     reason="about 3 minutes a layout: HISTOFLOW_LAYOUT_RUNS=1 runs the training flow on each",
 )
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_every_layout_reaches_a_registered_model(
+def test_every_layout_reaches_a_registered_model_through_histoflow_run(
     layout, tiny_data, tiny_params_dict, make_project, prefect_harness, repo, tmp_path
 ):
     data = _import(layout, tiny_data, tmp_path)
