@@ -157,7 +157,7 @@ def run(quick: bool = False, repeats: int = 3) -> list[dict]:
 
 def _save_encoder(folder: Path, model: str, size: int) -> None:
     """An untrained encoder, saved as ``train_encoder`` saves one."""
-    p = TrainEncoderConfig(backbone=model)
+    p = TrainEncoderConfig(backbone=model, pretrained=False)
     encoder = create_encoder_from_params(p)
     save_model(folder, encoder, {**encoder_description(p, encoder), "image_size": size})
 

@@ -40,7 +40,9 @@ def run(quick: bool = False, repeats: int = 3) -> list[dict]:
     """
     backbone = "test_resnet" if quick else "resnet18"
     per_class = 16 if quick else 64
-    p = TrainEncoderConfig(backbone=backbone, batch_size=32, epochs=1, warmup_epochs=0.5)
+    p = TrainEncoderConfig(
+        backbone=backbone, pretrained=False, batch_size=32, epochs=1, warmup_epochs=0.5
+    )
     device = pick_device(p.accelerator)
     bf16 = use_bf16(device, p.precision)
     lightning_s, bare_s = [], []

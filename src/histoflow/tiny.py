@@ -22,7 +22,13 @@ __all__ = ["TINY", "TINY_DATA", "make_project"]
 TINY = {
     "data": {"image_size": 32, "val_fraction": 0.25, "test_fraction": 0.25},
     "validate": {"min_per_class": 3},
-    "train_encoder": {"backbone": "test_resnet", "epochs": 3, "batch_size": 16, "lr": 0.005},
+    "train_encoder": {
+        "backbone": "test_resnet",
+        "pretrained": False,
+        "epochs": 3,
+        "batch_size": 16,
+        "lr": 0.005,
+    },
     "embed": {"batch_size": 64, "token_grid": 2, "max_text_tokens": 32},
     "train_fusion": {
         "width": 32,

@@ -106,7 +106,9 @@ def test_stain_augmentation_shrinks_the_stain_shift_drop(tiny_data):
             brightness=0, contrast=0, saturation=0, stain_scale=stain_scale, stain_shift=stain_shift
         )
         transform = create_transform(32, train=True, augment=augment)
-        encoder = create_encoder_from_params(TrainEncoderConfig(backbone="test_resnet"))
+        encoder = create_encoder_from_params(
+            TrainEncoderConfig(backbone="test_resnet", pretrained=False)
+        )
         net = torch.nn.Sequential(encoder, torch.nn.Linear(encoder.num_features, len(classes)))
         opt = torch.optim.AdamW(net.parameters(), 3e-3)
         for epoch in range(12):

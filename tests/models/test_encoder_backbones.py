@@ -142,7 +142,9 @@ def test_transformers_folder_with_changed_file_refuses(dinov2_folder, tmp_path):
 
 
 def test_hybrid_concatenates_branches_and_round_trips(tmp_path):
-    p = TrainEncoderConfig(backbone="hybrid", branches=("test_resnet", "test_vit"))
+    p = TrainEncoderConfig(
+        backbone="hybrid", branches=("test_resnet", "test_vit"), pretrained=False
+    )
     encoder = create_encoder_from_params(p).eval()
     widths = [b.num_features for b in encoder.branches]
     assert encoder.num_features == sum(widths) and len(widths) == 2
@@ -163,10 +165,12 @@ def test_hybrid_concatenates_branches_and_round_trips(tmp_path):
 )
 def test_unknown_names_suggest_close_matches(backbone, hint):
     with pytest.raises(ValueError, match="train_encoder.backbone") as err:
-        create_encoder_from_params(TrainEncoderConfig(backbone=backbone))
+        create_encoder_from_params(TrainEncoderConfig(backbone=backbone, pretrained=False))
     assert hint in str(err.value)
 
 
 def test_foundation_model_without_weights_says_how_to_get_them():
     with pytest.raises(ValueError, match="weights_sha256"):
-        create_encoder_from_params(TrainEncoderConfig(backbone="kaiko-ai/midnight"))
+        create_encoder_from_params(
+            TrainEncoderConfig(backbone="kaiko-ai/midnight", pretrained=False)
+        )

@@ -23,7 +23,7 @@ from histoflow.stages.embed import Inputs, Outputs, run
 def _save_encoder(folder, seed: int) -> None:
     """An untrained test_resnet model folder, as train_encoder writes it (weights from ``seed``)."""
     torch.manual_seed(seed)
-    p = TrainEncoderConfig(backbone="test_resnet")
+    p = TrainEncoderConfig(backbone="test_resnet", pretrained=False)
     encoder = create_encoder_from_params(p)
     save_model(folder, encoder, {**encoder_description(p, encoder), "image_size": 32})
 

