@@ -33,17 +33,21 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = str(Path(sys.executable).parent)
 
 # The order xdist deals files out in (`make test` passes --no-loadscope-reorder; its default
-# deals the files with the most tests first). The longest files go first, so that no worker
-# starts a two-minute file when the others are done: first those that need no shared project
-# (they run while the first worker builds it), then those that wait for it. The rest follow
-# in collection order. A file missing here only runs later; nothing else depends on the list.
+# deals the files with the most tests first). Each worker is dealt two files, in turn, then one
+# more whenever it finishes one. The longest chain goes first, to the first worker, which builds
+# the session's project in the background anyway: the forced re-run waits for that build, then
+# takes two minutes more; that worker's second file is a short one. Then the long files that
+# need no shared project, then those that wait for one. The rest follow in collection order. A
+# file missing here only runs later; nothing else depends on the list.
 _LONGEST_FIRST = (
+    "tests/test_reproducibility.py",  # first worker
     "tests/test_recipes_end_to_end.py",
     "tests/stages/test_validate_defects.py",
+    "tests/test_pipeline_contract.py",  # first worker's second: a few seconds
     "tests/stages/test_train_encoder.py",
+    "tests/test_layouts.py",
     "tests/monitoring/test_report.py",
     "tests/stages/test_fusion_memory.py",
-    "tests/test_reproducibility.py",
     "tests/flows/test_training_flow.py",
     "tests/flows/test_served_deployments.py",
     "tests/test_orchestration.py",
