@@ -70,16 +70,10 @@ def dvc_status(root: str) -> bool:
     return changes == {}
 
 
-@task(cache_policy=NO_CACHE)
-def register(root: str) -> dict:
-    """Log the run to MLflow, register the model as challenger, promote it if the rules allow.
-
-    Retries of an unreachable tracking server happen inside (``registry.retries``).
-    """
-    base = Path(root)
-    params = load_params(base / "params.yaml")
+def training_run(base: Path) -> registry.TrainingRun:
+    """The files the stages left in project ``base`` that registration logs and registers."""
     evaluated = evaluate.Outputs()
-    run = registry.TrainingRun(
+    return registry.TrainingRun(
         root=base,
         evaluation=base / evaluated.metrics,
         manifest=base / validate.Outputs().manifest,
@@ -100,6 +94,17 @@ def register(root: str) -> dict:
             )
         ),
     )
+
+
+@task(cache_policy=NO_CACHE)
+def register(root: str) -> dict:
+    """Log the run to MLflow, register the model as challenger, promote it if the rules allow.
+
+    Retries of an unreachable tracking server happen inside (``registry.retries``).
+    """
+    base = Path(root)
+    params = load_params(base / "params.yaml")
+    run = training_run(base)
     result = registry.register_run(run, params)
     print(f"histoflow v{result.version}: {result.reason}")
     create_markdown_artifact(

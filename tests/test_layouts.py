@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -31,16 +30,13 @@ from PIL import Image
 from histoflow.config import parse_params
 from histoflow.data.ingest import import_dataset
 from histoflow.project import load_flow
-from histoflow.registry import TrainingRun, evaluation_metrics, register_run, tracking_uri
+from histoflow.registry import evaluation_metrics, register_run, tracking_uri
 from histoflow.registry.tracking import use_tracking_uri
 from histoflow.stages import (
     STAGE_NAMES,
     evaluate,
     get_stage,
-    reference,
     run_stage,
-    train_encoder,
-    train_fusion,
     validate,
 )
 
@@ -151,7 +147,7 @@ def _validate(cfg, data, out):
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_every_layout_reaches_a_registered_model(
-    layout, tiny_data, tiny_params_dict, tmp_path, monkeypatch
+    layout, tiny_data, tiny_params_dict, repo, tmp_path, monkeypatch
 ):
     raw = tiny_params_dict(**_CHEAP)
     cfg = parse_params(raw)
@@ -178,25 +174,10 @@ def test_every_layout_reaches_a_registered_model(
     assert len(evaluated["per_class"]) == 3  # every class was scored on test
 
     use_tracking_uri(tracking_uri(tmp_path))
-    registration = register_run(_training_run(tmp_path), cfg)
+    registration = register_run(load_flow("training", repo).training_run(tmp_path), cfg)
     assert registration.version == "1" and registration.promoted, registration
     champion = MlflowClient().get_model_version_by_alias("histoflow", "champion")
     assert str(champion.version) == "1"
-
-
-def _training_run(root):
-    """The run the training flow's ``register`` task hands to the registry (flows/training.py)."""
-    evaluated = evaluate.Outputs()
-    return TrainingRun(
-        root=root,
-        evaluation=root / evaluated.metrics,
-        manifest=root / validate.Outputs().manifest,
-        encoder=root / train_encoder.Outputs().model,
-        fusion=root / train_fusion.Outputs().model,
-        reference=root / reference.Outputs().reference,
-        reference_predictions=root / evaluated.predictions,
-        artifacts=(root / "params.yaml", root / Path(evaluated.metrics).parent),
-    )
 
 
 def test_a_train_only_folder_splits_as_the_trained_synthetic_layout(
