@@ -178,6 +178,12 @@ def test_every_layout_reaches_a_registered_model(
     assert registration.version == "1" and registration.promoted, registration
     champion = MlflowClient().get_model_version_by_alias("histoflow", "champion")
     assert str(champion.version) == "1"
+    # The encoder's probes (evaluate.probes) are on the model's run, as #13 compares encoders.
+    logged = MlflowClient().get_run(champion.run_id).data.metrics
+    assert (
+        logged["probe.linear.macro_recall"]
+        == evaluated["probes"]["results"]["linear"]["macro_recall"]
+    )
 
 
 def test_a_train_only_folder_splits_as_the_trained_synthetic_layout(

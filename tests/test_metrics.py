@@ -12,6 +12,7 @@ from histoflow.metrics import (
     bootstrap_weights,
     classification_metrics,
     headline_metrics,
+    label_metrics,
     paired_difference,
 )
 
@@ -117,3 +118,19 @@ def test_bootstrap_weights_in_blocks_give_the_same_resamples_and_intervals(monke
     assert bootstrap_ci(y, probs, lazy) == bootstrap_ci(y, probs, whole)
     other = np.roll(probs, 1, axis=1)
     assert paired_difference(y, probs, other, lazy) == paired_difference(y, probs, other, whole)
+
+
+def test_label_metrics_are_the_headline_label_metrics_and_match_sklearn():
+    # The probes score labels only; they must mean what evaluate's metrics mean.
+    rng = np.random.default_rng(1)
+    y, pred = rng.integers(0, 4, 300), rng.integers(0, 4, 300)
+    pred[:150] = y[:150]
+    probs = np.eye(4)[pred] * 0.7 + 0.075
+    w = rng.integers(0, 3, (5, 300)).astype(float)
+    labels, headline = label_metrics(y, pred, 4, w), headline_metrics(y, probs, w)
+    assert set(labels) == {"accuracy", "balanced_accuracy", "macro_recall", "macro_f1"}
+    for k, values in labels.items():
+        np.testing.assert_array_equal(values, headline[k], err_msg=k)
+    one = label_metrics(y, pred, 4)
+    assert one["macro_f1"][0] == pytest.approx(skm.f1_score(y, pred, average="macro"))
+    assert one["accuracy"][0] == pytest.approx(skm.accuracy_score(y, pred))

@@ -22,6 +22,7 @@ __all__ = [
     "bootstrap_weights",
     "classification_metrics",
     "headline_metrics",
+    "label_metrics",
     "macro_recall",
     "paired_difference",
     "weight_blocks",
@@ -72,20 +73,11 @@ def headline_metrics(
     y_true = np.asarray(y_true)
     n, c = probs.shape
     w = np.ones((1, n)) if weights is None else np.asarray(weights, dtype=float)
-    onehot = np.eye(c)[y_true]  # (N, C)
     pred = probs.argmax(1)
     correct = (pred == y_true).astype(float)  # (N,)
     total = w.sum(1)  # (R,)
-    support = w @ onehot  # (R, C) weighted true counts
-    predicted = w @ np.eye(c)[pred]  # (R, C) weighted predicted counts
-    tp = w @ (onehot * correct[:, None])  # (R, C)
-    present = support > 0
-    # A class absent under some weights has no recall/AUROC there: NaN, left out of the mean.
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        recall = np.where(present, tp / support, np.nan)
-        f1 = np.where(present, 2 * tp / (support + predicted), np.nan)
-        macro_r = np.nanmean(recall, 1)
         # ECE: |confidence - accuracy| per bin, weighted by the bin's share of samples.
         conf = probs.max(1)
         bin_of = np.minimum((conf * bins).astype(int), bins - 1)
@@ -97,14 +89,42 @@ def headline_metrics(
         ap = np.nanmean(
             np.stack([_weighted_ap(probs[:, k], y_true == k, w) for k in range(c)], 1), 1
         )
-    return {
-        "accuracy": (w @ correct) / total,
-        "balanced_accuracy": macro_r,
-        "macro_recall": macro_r,
-        "macro_f1": np.nanmean(f1, 1),
+    return label_metrics(y_true, pred, c, w) | {
         "auroc": auroc,
         "average_precision": ap,
         "ece": ece,
+    }
+
+
+def label_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, weights: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """The headline metrics that need only predicted labels, under each row of weights.
+
+    ``accuracy``, ``balanced_accuracy``, ``macro_recall`` and ``macro_f1``, defined exactly as
+    :func:`headline_metrics` reports them (it calls this); for the frozen-feature probes, which
+    score thousands of episodes and have no probabilities.
+    """
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    w = np.ones((1, len(y_true))) if weights is None else np.asarray(weights, dtype=float)
+    onehot = np.eye(num_classes)[y_true]  # (N, C)
+    correct = (y_pred == y_true).astype(float)  # (N,)
+    support = w @ onehot  # (R, C) weighted true counts
+    predicted = w @ np.eye(num_classes)[y_pred]  # (R, C) weighted predicted counts
+    tp = w @ (onehot * correct[:, None])  # (R, C)
+    present = support > 0
+    # A class absent under some weights has no recall: NaN, left out of the mean.
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        recall = np.where(present, tp / support, np.nan)
+        f1 = np.where(present, 2 * tp / (support + predicted), np.nan)
+        macro_r = np.nanmean(recall, 1)
+        macro_f1 = np.nanmean(f1, 1)
+    return {
+        "accuracy": (w @ correct) / w.sum(1),
+        "balanced_accuracy": macro_r,
+        "macro_recall": macro_r,
+        "macro_f1": macro_f1,
     }
 
 

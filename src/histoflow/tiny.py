@@ -43,6 +43,7 @@ TINY = {
     "evaluate": {
         "batch_size": 64,
         "bootstrap": 200,
+        "probes": {"seeds": 2, "episodes": 10},  # every probe's path, a fraction of a second
         # One stain shift runs the certificate's whole path; every condition costs a re-embed.
         "robustness": {
             "stain": [0.5],

@@ -81,3 +81,11 @@ def test_grouped_cv_never_splits_a_group_and_needs_enough_groups():
     assert shuffled[1].summary()["macro_recall"] > 0.95  # copies on both sides: leakage
     with pytest.raises(ValueError, match="at least 5 groups"):
         grouped_cv(x, y, np.arange(200) // 50, folds=5)
+
+
+def test_a_training_set_too_small_to_hold_out_every_class_still_gets_a_linear_probe():
+    # Six classes, 30 rows: sklearn's early-stopping split (10%) cannot hold every class, and
+    # the probe used to raise; a tiny project's evaluate probes exactly such a set.
+    train_x, train_y = _blobs(5, 6, 0.3, seed=0)
+    test_x, test_y = _blobs(4, 6, 0.3, seed=1)
+    assert (linear_probe(train_x, train_y, test_x, 0) == test_y).all()

@@ -12,6 +12,7 @@ from histoflow.config.data import DataConfig, ValidateChecks, ValidateConfig
 from histoflow.config.evaluation import (
     CrossGroupConfig,
     EvaluateConfig,
+    ProbesConfig,
     ReferenceConfig,
     RegistryConfig,
     RobustnessConfig,
@@ -38,6 +39,7 @@ __all__ = [
     "EvaluateConfig",
     "MonitorConfig",
     "Params",
+    "ProbesConfig",
     "ReferenceConfig",
     "RegistryConfig",
     "RobustnessConfig",

@@ -11,6 +11,7 @@ from histoflow.config._base import Section
 __all__ = [
     "CrossGroupConfig",
     "EvaluateConfig",
+    "ProbesConfig",
     "ReferenceConfig",
     "RegistryConfig",
     "RobustnessConfig",
@@ -60,6 +61,30 @@ class RobustnessConfig(Section):
         ]
 
 
+class ProbesConfig(Section):
+    """The deployed encoder's frozen features probed as the field compares encoders (eva, UNI).
+
+    Linear probe, kNN (cosine) and few-shot (SimpleShot) on the feature store's pooled image
+    embeddings, train + val rows fitted and test rows scored, each over ``seeds``; the same
+    table ``histoflow probe`` writes for any encoders.
+    """
+
+    seeds: int = Field(5, ge=1)  # repeats of each probe: mean +- std and the per-seed values
+    k: int = Field(20, ge=1)  # neighbours of the kNN probe
+    shots: tuple[int, ...] = (1, 5, 10)  # few-shot probes: training vectors per class
+    episodes: int = Field(100, ge=1)  # few-shot episodes per seed
+    # At most this many fit rows and this many test rows (a seeded draw of each): the probes'
+    # memory and time stay flat in the dataset's size.
+    max_rows: int = Field(10_000, ge=100)
+
+    @field_validator("shots")
+    @classmethod
+    def _positive_shots(cls, shots: tuple[int, ...]) -> tuple[int, ...]:
+        if any(n < 1 for n in shots):
+            raise ValueError(f"evaluate.probes.shots {list(shots)}: shots per class are >= 1")
+        return shots
+
+
 class EvaluateConfig(Section):
     """How the test split is scored: CIs, calibration bins, breakdowns, protocols, panels."""
 
@@ -84,6 +109,8 @@ class EvaluateConfig(Section):
     # (those the data has), by mean probabilities or a majority vote of the tiles.
     case_columns: tuple[str, ...] = ("patient_id",)
     case_method: Literal["mean", "vote"] = "mean"
+    # The encoder's frozen features probed (linear, kNN, few-shot over seeds). null = off.
+    probes: ProbesConfig | None = ProbesConfig()
 
     @field_validator("seeds")
     @classmethod

@@ -69,6 +69,7 @@ def write_report(
             f"({metrics.get('bootstrap', '?')} resamples).</p>",
             _headline(metrics),
             _ablations(metrics.get("ablations", {})),
+            _probes(metrics.get("probes")),
             _cross_group(metrics.get("cross_group")),
             robustness_section(metrics.get("robustness")),
             _per_class(metrics["per_class"]),
@@ -124,6 +125,34 @@ def _headline(m: dict) -> str:
         "<h2>Deployed model (cross-attention fusion)</h2>"
         f"<table><tr><th>metric</th><th>value [95% CI]</th>{seeds_head}</tr>{rows}</table>"
         f"<p>ece: expected calibration error (lower is better).{seeds_note}</p>"
+    )
+
+
+def _probes(probes: dict | None) -> str:
+    """The encoder's frozen-feature probes, as ``histoflow probe``'s leaderboard shows them."""
+    if not probes:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_e(name)}</td>"
+        + "".join(
+            f"<td>{r[m]:.3f} &plusmn; {r[m + '_std']:.3f}</td>"
+            for m in ("macro_recall", "balanced_accuracy", "accuracy", "macro_f1")
+        )
+        + f"<td>{_e(' '.join(f'{v:.3f}' for v in r['per_seed_macro_recall']))}</td></tr>"
+        for name, r in probes["results"].items()
+    )
+    weights = "pretrained" if probes.get("pretrained") else "trained here"
+    return (
+        f"<h2>Encoder probes: frozen {_e(probes['encoder'])} features ({weights})</h2>"
+        "<p>As eva and UNI compare encoders: a linear probe (logistic regression), kNN (cosine) "
+        "and few-shot (SimpleShot, mean over episodes) on the pooled image embeddings, "
+        f"{probes['n_fit']} train + val rows fitted and {probes['n_test']} test rows scored, "
+        f"each over seeds {_e(', '.join(map(str, probes['seeds'])))} (mean &plusmn; std). "
+        "Compare other encoders on the same split with <code>histoflow probe --encoder NAME "
+        "--encoder outputs/train_encoder/model</code>.</p>"
+        "<table><tr><th>probe</th><th>macro recall</th><th>balanced accuracy</th>"
+        "<th>accuracy</th><th>macro F1</th><th>macro recall per seed</th></tr>"
+        f"{rows}</table>"
     )
 
 

@@ -84,6 +84,7 @@ def eval_json(metrics: dict, breakdowns: dict) -> dict:
         "calibration",
         "conformal",
         "cases",
+        "probes",
     ):
         if optional in metrics:
             saved[optional] = metrics[optional]

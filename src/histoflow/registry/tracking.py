@@ -131,7 +131,9 @@ def evaluation_metrics(evaluation: dict) -> dict[str, float]:
 
     Its numbers as they are, each class's recall as ``recall.<class>``, each CI as
     ``<metric>.ci_low`` / ``<metric>.ci_high`` and, with ``evaluate.seeds``, each spread as
-    ``<metric>.seed_mean`` / ``<metric>.seed_std``: what promotion and ``registry status`` read.
+    ``<metric>.seed_mean`` / ``<metric>.seed_std`` and, with ``evaluate.probes``, each probe's
+    ``probe.<probe>.macro_recall`` (mean over seeds) and ``..._std``: what promotion and
+    ``registry status`` read.
     """
     metrics = {
         k: float(v)
@@ -147,6 +149,9 @@ def evaluation_metrics(evaluation: dict) -> dict[str, float]:
         if isinstance(spread, dict):
             metrics[f"{name}.seed_mean"] = float(spread["mean"])
             metrics[f"{name}.seed_std"] = float(spread["std"])
+    for probe, result in ((evaluation.get("probes") or {}).get("results") or {}).items():
+        metrics[f"probe.{probe}.macro_recall"] = float(result["macro_recall"])
+        metrics[f"probe.{probe}.macro_recall_std"] = float(result["macro_recall_std"])
     metrics.update(_trust_metrics(evaluation))
     return metrics
 

@@ -136,6 +136,8 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         metrics[WORST_CASE] = metrics["robustness"]["worst"]["macro_recall"]
     if p.cv_folds:
         metrics["grouped_cv"] = _grouped_cv(cfg, inputs.cases, tensors, index, classes)
+    if p.probes is not None:
+        metrics["probes"] = _probes(p.probes, inputs.encoder, tensors, index, classes)
 
     predictions = tables.predictions(table, probs, unc, classes, y_true, groups + extra)
     trust_pngs = _trust(
@@ -343,6 +345,61 @@ def _grouped_cv(cfg: Params, cases: Path, tensors: FeatureStore, index, classes:
         bins=p.ece_bins,
     )
     return {"grouped_by": source, **cv}
+
+
+def _probes(p, encoder: Path, tensors: FeatureStore, index: pd.DataFrame, classes) -> dict:
+    """The encoder's frozen pooled features probed as the field compares encoders (#13)."""
+    import json
+
+    from histoflow.evaluation.probes import PROBE_METRICS, run_probes
+
+    started = time.perf_counter()
+    split = index["split"].to_numpy()
+    draw = np.random.default_rng(0)  # a fixed draw: the same rows for every seed and encoder
+
+    def capped(rows: np.ndarray) -> np.ndarray:
+        return (
+            np.sort(draw.choice(rows, p.max_rows, replace=False))
+            if len(rows) > p.max_rows
+            else rows
+        )
+
+    fit = capped(np.flatnonzero(np.isin(split, ["train", "val"])))
+    test = capped(np.flatnonzero(split == "test"))
+    y = np.array([classes.index(c) for c in index["label"]])
+    x_fit = tensors.read("image_pooled", fit).astype(np.float32)
+    x_test = tensors.read("image_pooled", test).astype(np.float32)
+    results = run_probes(
+        x_fit,
+        y[fit],
+        x_test,
+        y[test],
+        seeds=range(p.seeds),
+        k=p.k,
+        shots=p.shots,
+        episodes=p.episodes,
+    )
+    described = Path(encoder) / "model.json"
+    model = json.loads(described.read_text()) if described.is_file() else {}
+    # The cost goes to the log, not evaluate.json (which must reproduce bit for bit).
+    print(
+        f"evaluate: probes on {len(fit)} + {len(test)} frozen embeddings in "
+        f"{time.perf_counter() - started:.1f} s",
+        file=sys.stderr,
+    )
+    return {
+        "encoder": model.get("backbone", "?"),
+        "pretrained": bool(model.get("pretrained", False)),
+        "features": "image_pooled",
+        "n_fit": len(fit),
+        "n_test": len(test),
+        "seeds": list(range(p.seeds)),
+        "results": {
+            r.probe: r.summary()
+            | {f"per_seed_{m}": [s[m] for s in r.per_seed] for m in PROBE_METRICS}
+            for r in results
+        },
+    }
 
 
 def _trust(folder, metrics, predictions, calibration, scored, y, probs, classes, weights, p):
