@@ -22,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 
 from histoflow.config import load_params
 from histoflow.data.quality.table import feature_table
+from histoflow.monitoring.batch import champion_outputs as outputs_of
 from histoflow.monitoring.batch import readable_files, report_batch, set_aside_failures
 from histoflow.monitoring.inbox import clear_failure, pending_batches, record_failure
 from histoflow.monitoring.reference import Reference, load_reference
@@ -36,9 +37,11 @@ def batch_features(files: list[Path], workers: int) -> pd.DataFrame:
 
 
 @task(retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def champion_outputs(model: RegisteredModel, files: list[Path]) -> tuple[pd.DataFrame, np.ndarray]:
-    """The champion's predictions and pooled image embeddings for ``files``."""
-    return model.predictor.predict_files(files, embeddings=True)
+def champion_outputs(
+    model: RegisteredModel, files: list[Path], reference: Reference
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """The champion's predictions and their embeddings' reference components, streamed."""
+    return outputs_of(model.predictor, files, reference)
 
 
 @task(cache_policy=NO_CACHE)
@@ -66,15 +69,17 @@ def monitoring(
     model = load_model(model_uri, base)  # no champion: fails here, first
     reference = champion_reference(model)
     features = batch_features(files, params.validate.workers)
-    predictions, pooled = champion_outputs(model, readable_files(batch, files, features))
+    predictions, embedded = champion_outputs(
+        model, readable_files(batch, files, features), reference
+    )
     # A file QC could read but the champion could not is listed as unreadable; the rest go on.
-    features, predictions, pooled = set_aside_failures(batch, features, predictions, pooled)
+    features, predictions, embedded = set_aside_failures(batch, features, predictions, embedded)
     out_dir = base / params.monitor.reports / batch.resolve().name
     summary = report_batch(
         batch,
         features,
         predictions,
-        pooled,
+        embedded,
         reference,
         classes=model.predictor.classes,
         cfg=params.monitor,

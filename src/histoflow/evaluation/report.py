@@ -139,7 +139,7 @@ def _probes(probes: dict | None) -> str:
             for m in ("macro_recall", "balanced_accuracy", "accuracy", "macro_f1")
         )
         + f"<td>{_e(' '.join(f'{v:.3f}' for v in r['per_seed_macro_recall']))}</td></tr>"
-        for name, r in probes["results"].items()
+        for name, r in sorted(probes["results"].items(), key=lambda item: _probe_order(item[0]))
     )
     weights = "pretrained" if probes.get("pretrained") else "trained here"
     return (
@@ -154,6 +154,12 @@ def _probes(probes: dict | None) -> str:
         "<th>accuracy</th><th>macro F1</th><th>macro recall per seed</th></tr>"
         f"{rows}</table>"
     )
+
+
+def _probe_order(name: str) -> tuple[int, int]:
+    """linear, kNN, then few-shot by shots (evaluate.json's keys are sorted by name)."""
+    kind = 0 if name == "linear" else 1 if name.startswith("knn") else 2
+    return kind, int(name.rpartition("_")[2]) if kind == 2 else 0
 
 
 def _spread(s: dict) -> str:
