@@ -1,15 +1,17 @@
-"""The fusion fitting loop: the same rows and recipe give the same network, bit for bit."""
+"""The fusion fitting loop: the same rows and recipe give the same network, bit for bit; DDP."""
 
 from __future__ import annotations
 
 from functools import partial
 
 import numpy as np
+import pytest
 import torch
 
 from histoflow.config import TrainFusionConfig
 from histoflow.evaluation.scoring import score_rows
 from histoflow.inference import fuse
+from histoflow.metrics import macro_recall
 from histoflow.models.ablations import create_classifier
 from histoflow.models.fusion import FusionConfig
 from histoflow.training.fusion import FeatureRows, feature_dataset, fit_classifier
@@ -82,3 +84,34 @@ def test_streamed_rows_train_and_score_exactly_as_rows_in_memory(tmp_path, featu
     expected = fuse(in_memory.net, *(tensors[k] for k in tensors), 5)
     got = score_rows(streamed.net, store, np.arange(24), 5)
     assert all(np.array_equal(e, g) for e, g in zip(expected, got, strict=True))
+
+
+def test_fusion_trains_on_two_processes(tmp_path, feature_store):
+    # train_fusion under the encoder's Lightning strategies (#12): two CPU processes (DDP over
+    # gloo, ddp_spawn) train from the store's rows and hand back the best network and its
+    # curve, which ran in the other processes (the checkpoints carry them back).
+    n = 96
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(n) % 3
+    image = torch.randn(n, 4, 8, generator=g) * 0.5
+    image[:, :, :3] += 2 * torch.nn.functional.one_hot(y, 3)[:, None, :].float()  # separable
+    tensors = {
+        "image_tokens": image.half(),
+        "text_tokens": torch.randn(n, 5, 6, generator=g).half(),
+        "text_mask": torch.rand(n, 5, generator=g) > 0.3,
+    }
+    store = feature_store(tmp_path, tensors)
+    val = (torch.arange(n) % 4 == 0).numpy()
+    recipe = RECIPE.model_copy(update={"epochs": 4, "patience": 4})
+    two = recipe.model_copy(update={"devices": 2, "strategy": "ddp_spawn"})
+    build = partial(create_classifier, "fusion", NET)
+
+    result = fit_classifier(build, FeatureRows(store, y, ~val), FeatureRows(store, y, val), two)
+
+    assert result.is_global_zero and result.epochs_run == 4
+    assert [row["epoch"] for row in result.history] == [0, 1, 2, 3]
+    assert result.best_val_macro_recall == max(r["val_macro_recall"] for r in result.history)
+    probs, _ = score_rows(result.net, store, np.flatnonzero(val), 16)
+    recall = macro_recall(y.numpy()[val], probs.argmax(1), 3)
+    # The network handed back is the best epoch's: it scores what that epoch recorded.
+    assert recall == pytest.approx(result.best_val_macro_recall, abs=1e-6) and recall > 0.9

@@ -91,6 +91,8 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     for kind in ("fusion", *p.ablations):
         # Built inside, after seeding: each variant starts from the seed, whatever ran before.
         results[kind] = fit_classifier(partial(create_classifier, kind, net_cfg), train, val, p)
+    if not results["fusion"].is_global_zero:  # strategy ddp under torchrun: rank 0 writes
+        return {}
 
     # Ablations first: if the fusion model's write failed, the last good model stays in place.
     with atomic_dir(outputs.ablations) as tmp:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -24,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from histoflow.config import TrainFusionConfig
 from histoflow.training.callbacks import EpochProgress, History, quiet_lightning
+from histoflow.training.checkpoints import history_rows
 from histoflow.training.modules import FusionClassifier
 from histoflow.training.reproducibility import DETERMINISTIC, seed
 
@@ -44,6 +46,9 @@ class FitResult:
     best_val_macro_recall: float
     epochs_run: int
     history: list[dict] = field(default_factory=list)
+    # False on the other ranks of a DDP run started by torchrun or srun (strategy ddp): only
+    # rank 0 holds the run's checkpoints and writes outputs.
+    is_global_zero: bool = True
 
 
 def feature_dataset(tensors: dict[str, torch.Tensor], y: torch.Tensor, rows) -> TensorDataset:
@@ -139,11 +144,11 @@ def fit_classifier(
     module = FusionClassifier(
         net, num_classes, lr=p.lr, weight_decay=p.weight_decay, epochs=p.epochs
     )
-    history = History()
     with tempfile.TemporaryDirectory(prefix="histoflow-fusion-") as ckpt_dir:
         best = ModelCheckpoint(
             dirpath=ckpt_dir, monitor="val_macro_recall", mode="max", save_top_k=1, filename="best"
         )
+        last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", enable_version_counter=False)
         stop = EarlyStopping(monitor="val_macro_recall", mode="max", patience=p.patience)
         trainer = L.Trainer(
             max_epochs=p.epochs,
@@ -152,25 +157,34 @@ def fit_classifier(
             num_nodes=p.num_nodes,
             strategy=p.strategy,
             logger=False,
-            callbacks=[best, stop, history, EpochProgress(f"{_kind(net)} classifier")],
+            callbacks=[best, last, stop, History(), EpochProgress(f"{_kind(net)} classifier")],
             enable_model_summary=False,
             enable_checkpointing=True,
             num_sanity_val_steps=0,
             deterministic=DETERMINISTIC,
         )
-        order = torch.Generator().manual_seed(p.seed)  # the batch order, whatever else drew
+        # One process: the batch order has its own generator, whatever else drew. Several:
+        # Lightning's DistributedSampler orders (and shards) the rows from the seed instead;
+        # a Generator cannot be sent to a ddp_spawn process (torch cannot share its state).
+        order = torch.Generator().manual_seed(p.seed) if trainer.world_size == 1 else None
         trainer.fit(
             module,
             _loader(train, p.batch_size, shuffle=True, generator=order),
             _loader(val, 256),
         )
-        state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
+        if not trainer.is_global_zero:
+            return FitResult(module.net.cpu().eval(), float("nan"), 0, is_global_zero=False)
+        # The checkpoints are the run's record, also under ddp_spawn, whose callbacks ran in
+        # the other processes: the network from best.ckpt, the curve from last.ckpt.
+        ckpt = Path(ckpt_dir)
+        state = torch.load(ckpt / "best.ckpt", map_location="cpu", weights_only=True)
         module.load_state_dict(state["state_dict"])
+        rows = history_rows(torch.load(ckpt / "last.ckpt", map_location="cpu", weights_only=True))
     return FitResult(
         net=module.net.cpu().eval(),
-        best_val_macro_recall=float(best.best_model_score or 0.0),
-        epochs_run=trainer.current_epoch,
-        history=history.rows,
+        best_val_macro_recall=max((r["val_macro_recall"] for r in rows), default=0.0),
+        epochs_run=len(rows),
+        history=rows,
     )
 
 
