@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from histoflow.config import Params
+from histoflow.config import Params, ProbesConfig
 from histoflow.embeddings.store import FeatureStore
 from histoflow.evaluation import tables
 from histoflow.evaluation.cases import case_results
@@ -347,11 +347,12 @@ def _grouped_cv(cfg: Params, cases: Path, tensors: FeatureStore, index, classes:
     return {"grouped_by": source, **cv}
 
 
-def _probes(p, encoder: Path, tensors: FeatureStore, index: pd.DataFrame, classes) -> dict:
+def _probes(
+    p: ProbesConfig, encoder: Path, tensors: FeatureStore, index: pd.DataFrame, classes
+) -> dict:
     """The encoder's frozen pooled features probed as the field compares encoders (#13)."""
-    import json
-
     from histoflow.evaluation.probes import PROBE_METRICS, run_probes
+    from histoflow.models.checkpoint import read_model_json
 
     started = time.perf_counter()
     split = index["split"].to_numpy()
@@ -379,8 +380,7 @@ def _probes(p, encoder: Path, tensors: FeatureStore, index: pd.DataFrame, classe
         shots=p.shots,
         episodes=p.episodes,
     )
-    described = Path(encoder) / "model.json"
-    model = json.loads(described.read_text()) if described.is_file() else {}
+    model = read_model_json(encoder)  # what the features came from
     # The cost goes to the log, not evaluate.json (which must reproduce bit for bit).
     print(
         f"evaluate: probes on {len(fit)} + {len(test)} frozen embeddings in "
