@@ -31,3 +31,14 @@ def test_fewer_cases_than_folds_is_an_error():
     x, y, _ = _tiles(slide_scale=1.0)
     with pytest.raises(ValueError, match="lower the number of folds"):
         leakage_index(x, y, np.arange(len(y)) % 3, folds=5)
+
+
+def test_a_large_set_is_scored_on_whole_cases_drawn_up_to_max_rows():
+    x, y, slide = _tiles(slide_scale=1.5)
+    index = leakage_index(x, y, slide, threshold=0.1, max_rows=100)
+    # 10 tiles a slide: whole slides until 100 tiles, never a slide cut in two.
+    assert index.rows == 100 and index.groups == 10
+    assert index.likely_leakage, index.sentence()  # the slide signature still shows
+    assert "100 tiles" in index.sentence()
+    assert index == leakage_index(x, y, slide, threshold=0.1, max_rows=100)  # seeded
+    assert leakage_index(x, y, slide, max_rows=1000).rows == len(y)  # under the cap: all

@@ -27,4 +27,7 @@ class AuditConfig(Section):
     case_resolution: float = Field(1.0, gt=0)  # Louvain resolution; higher = more, smaller cases
     leakage_threshold: float = Field(0.1, ge=0, le=1)  # random minus grouped CV above this = leak
     leakage: Literal["off", "warning", "error"] = "warning"  # level of the leakage finding
+    # Above this many tiles the leakage index scores whole cases drawn up to it (its kNN probe
+    # is quadratic in the tiles: 100,000 tiles took most of the stage's time).
+    leakage_max_rows: int = Field(20_000, ge=100)
     gallery: int = Field(24, ge=0)  # suspect tiles shown in reports/audit/gallery.html

@@ -31,6 +31,7 @@ class LeakageIndex:
     metric: str
     folds: int
     groups: int
+    rows: int  # tiles scored: all, or whole cases drawn up to ``max_rows``
     random: dict[str, float]
     grouped: dict[str, float]
     gap: float
@@ -47,7 +48,8 @@ class LeakageIndex:
         verdict = "likely leakage" if self.likely_leakage else "no sign of leakage"
         return (
             f"{verdict}: {probe} {self.metric} {self.random[probe]:.3f} with random {self.folds}-fold "
-            f"CV vs {self.grouped[probe]:.3f} grouped by case ({self.groups} cases); gap "
+            f"CV vs {self.grouped[probe]:.3f} grouped by case ({self.groups} cases, {self.rows} "
+            f"tiles); gap "
             f"{self.gap:.3f} (threshold {self.threshold:.2f})"
         )
 
@@ -62,6 +64,7 @@ def leakage_index(
     threshold: float = 0.1,
     metric: str = "macro_recall",
     k: int = 20,
+    max_rows: int | None = None,
 ) -> LeakageIndex:
     """Score the probes with random and with case-grouped CV; their gap is the index.
 
@@ -74,14 +77,21 @@ def leakage_index(
         threshold: a gap above this is reported as likely leakage.
         metric: a :data:`~histoflow.evaluation.probes.PROBE_METRICS` name.
         k: neighbours of the kNN probe (fewer when a fold's training part is small).
+        max_rows: above this many tiles, whole cases are drawn (seeded) until this many
+            tiles: the probes' kNN is quadratic in the tiles, and a case's tiles must stay
+            together for the gap to mean anything. None = every tile.
 
     Raises:
         ValueError: fewer cases than folds.
     """
+    groups = np.asarray(groups)
+    if max_rows is not None and len(y) > max_rows:
+        keep = _whole_cases(groups, max_rows, seed)
+        x, y, groups = x[keep], y[keep], groups[keep]
     k = max(1, min(k, len(y) // 2))
     # Every tile its own group: StratifiedGroupKFold then is a stratified random split.
     singletons = grouped_cv(x, y, np.arange(len(y)), folds=folds, seed=seed, k=k)
-    by_case = grouped_cv(x, y, np.asarray(groups), folds=folds, seed=seed, k=k)
+    by_case = grouped_cv(x, y, groups, folds=folds, seed=seed, k=k)
     random = {r.probe: round(r.summary()[metric], 6) for r in singletons}
     grouped = {r.probe: round(r.summary()[metric], 6) for r in by_case}
     gap = max(random[p] - grouped[p] for p in random)
@@ -89,9 +99,18 @@ def leakage_index(
         metric=metric,
         folds=folds,
         groups=len(np.unique(groups)),
+        rows=len(y),
         random=random,
         grouped=grouped,
         gap=round(float(gap), 6),
         threshold=threshold,
         likely_leakage=bool(gap > threshold),
     )
+
+
+def _whole_cases(groups: np.ndarray, max_rows: int, seed: int) -> np.ndarray:
+    """A mask of whole cases, drawn in a seeded order until they hold ``max_rows`` tiles."""
+    cases, sizes = np.unique(groups, return_counts=True)
+    order = np.random.default_rng(seed).permutation(len(cases))
+    taken = order[: int(np.searchsorted(np.cumsum(sizes[order]), max_rows)) + 1]
+    return np.isin(groups, cases[taken])

@@ -105,7 +105,13 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     leakage, cases_found = None, len(np.unique(groups))
     if cases_found >= a.folds:  # grouped CV needs a case per fold at least
         leakage = leakage_index(
-            x, y, groups, folds=a.folds, seed=a.seed, threshold=a.leakage_threshold
+            x,
+            y,
+            groups,
+            folds=a.folds,
+            seed=a.seed,
+            threshold=a.leakage_threshold,
+            max_rows=a.leakage_max_rows,
         )
     sentence = (
         leakage.sentence()
