@@ -199,3 +199,34 @@ def test_evaluate_certifies_the_deployed_model_and_its_ablations(reproduced_proj
     page = (reproduced_project / out.report / "index.html").read_text()
     assert "Robustness certificate" in page and "stain 0.5" in page
     assert (reproduced_project / out.report / "img" / "robustness.png").is_file()
+
+
+def test_a_large_test_split_is_certified_on_a_stratified_draw(
+    reproduced_project, tiny_params, tmp_path
+):
+    # Each certified image is re-captioned and re-embedded once per condition: above
+    # evaluate.robustness.max_images a seeded, class-stratified draw keeps the cost flat.
+    from histoflow.stages import evaluate
+
+    p = tiny_params.evaluate
+    cheap = p.model_copy(
+        update={
+            "robustness": p.robustness.model_copy(update={"max_images": 10}),
+            "cross_group": None,
+            "explain_per_class": 0,
+            "probes": None,
+        }
+    )
+    inputs = evaluate.Inputs(
+        **{k: reproduced_project / v for k, v in vars(evaluate.Inputs()).items()}
+    )
+    outputs = evaluate.Outputs(**{k: tmp_path / v for k, v in vars(evaluate.Outputs()).items()})
+    saved = evaluate.run(tiny_params.model_copy(update={"evaluate": cheap}), inputs, outputs)
+
+    robustness = saved["robustness"]
+    assert saved["n"] == 12 and robustness["n"] < 12 and robustness["drawn_from"] == 12
+    assert robustness["n"] >= 9  # about 10: every class in proportion, each at least once
+    assert (
+        "a seeded draw, stratified by class, of the 12"
+        in (outputs.report / "index.html").read_text()
+    )

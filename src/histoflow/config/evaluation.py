@@ -37,6 +37,10 @@ class RobustnessConfig(Section):
     # scored on that group's test images. null = off; a column the manifest lacks is skipped.
     leave_one_group_out: str | None = "site"
     batch_size: int = Field(16, ge=1)  # test images at a time, each embedded x conditions
+    # At most this many test images (a seeded draw, stratified by class) are perturbed: each
+    # is re-captioned and re-embedded once per condition, so the certificate's cost stays flat
+    # at hundreds of thousands of tiles. null = every test image.
+    max_images: int | None = Field(2000, ge=10)
 
     @field_validator("jpeg")
     @classmethod

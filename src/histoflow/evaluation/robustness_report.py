@@ -94,7 +94,8 @@ def robustness_section(robustness: dict | None) -> str:
     worst = "clean" if w["perturbation"] == "clean" else f"{w['perturbation']} {w['strength']}"
     return (
         "<h2>Robustness certificate</h2>"
-        f"<p>The {robustness['n']} test images perturbed (seeded), re-captioned and re-embedded "
+        f"<p>The {robustness['n']} test images{_drawn(robustness)} perturbed (seeded), "
+        "re-captioned and re-embedded "
         "through the deployed encoder, then scored by every model: macro recall [95% bootstrap "
         "CI] (drop from clean). Worst case of the deployed model: "
         f"<b>{w['macro_recall']:.3f}</b> under {html.escape(worst)}.</p>"
@@ -128,4 +129,14 @@ def _held_out(logo: dict | None) -> str:
         "the deployed model (trained on every group) on the same images.</p>"
         f"<table><tr><th>held out</th><th>n test</th><th>n train</th><th>macro recall [95% CI]</th>"
         f"<th>deployed model</th><th>drop</th></tr>{rows}</table>"
+    )
+
+
+def _drawn(robustness: dict) -> str:
+    """How the certificate's images were chosen, when not all test images were perturbed."""
+    if "drawn_from" not in robustness:
+        return ""
+    return (
+        f" (a seeded draw, stratified by class, of the {robustness['drawn_from']}: "
+        "<code>evaluate.robustness.max_images</code>)"
     )

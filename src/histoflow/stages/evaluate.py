@@ -253,6 +253,12 @@ def _robustness(cfg: Params, inputs: Inputs, table: pd.DataFrame, y_true, weight
 
     p = cfg.evaluate.robustness
     started = time.perf_counter()
+    test_images = len(table)
+    if p.max_images is not None and len(table) > p.max_images:
+        # A seeded draw stratified by class: every class keeps its share of the test split.
+        drawn = _stratified_draw(y_true, p.max_images, p.seed)
+        table, y_true = table.iloc[drawn].reset_index(drop=True), y_true[drawn]
+        weights = BootstrapWeights(len(y_true), cfg.evaluate.bootstrap, cfg.evaluate.seed)
     predictor = Predictor.from_folders(inputs.encoder, inputs.fusion)
     models = {"fusion": predictor.fusion}
     models |= {kind: load_classifier(d)[0] for kind, d in _ablation_folders(inputs.ablations)}
@@ -277,7 +283,17 @@ def _robustness(cfg: Params, inputs: Inputs, table: pd.DataFrame, y_true, weight
         f"{len(p.conditions()) + 1} conditions re-embedded in {time.perf_counter() - started:.1f} s",
         file=sys.stderr,
     )
-    return result
+    return result | {"drawn_from": test_images} if len(paths) < test_images else result
+
+
+def _stratified_draw(y: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """About ``n`` sorted positions of ``y``, each class drawn in proportion (at least one)."""
+    rng = np.random.default_rng(seed)
+    drawn = [
+        rng.choice(rows, max(1, round(n * len(rows) / len(y))), replace=False)
+        for rows in (np.flatnonzero(y == c) for c in np.unique(y))
+    ]
+    return np.sort(np.concatenate(drawn))
 
 
 def _leave_one_group_out(cfg: Params, tensors, index, classes, clean_probs) -> dict:
