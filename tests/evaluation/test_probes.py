@@ -89,3 +89,23 @@ def test_a_training_set_too_small_to_hold_out_every_class_still_gets_a_linear_pr
     train_x, train_y = _blobs(5, 6, 0.3, seed=0)
     test_x, test_y = _blobs(4, 6, 0.3, seed=1)
     assert (linear_probe(train_x, train_y, test_x, 0) == test_y).all()
+
+
+def test_few_shot_picks_the_nearest_centroid_by_cosine_after_centring():
+    # SimpleShot as written: centre on the shots' mean, L2-normalise shots, centroids and
+    # queries, take the most similar centroid (few_shot skips normalising the queries).
+    train_x, train_y = _blobs(12, 3, 2.0, seed=0)
+    test_x, _ = _blobs(15, 3, 2.0, seed=1)
+    got = few_shot(train_x, train_y, test_x, 4, np.random.default_rng(3))
+
+    rng = np.random.default_rng(3)
+    picked = np.concatenate([rng.choice(np.flatnonzero(train_y == c), 4, False) for c in range(3)])
+    support, labels = train_x[picked], train_y[picked]
+    centre = support.mean(0)
+
+    def unit(v):
+        return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+    centroids = unit(np.stack([unit(support - centre)[labels == c].mean(0) for c in range(3)]))
+    expected = np.argmax(unit(test_x - centre) @ centroids.T, axis=1)
+    assert np.array_equal(got, expected)
