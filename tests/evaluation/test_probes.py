@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from histoflow.evaluation.probes import few_shot, grouped_cv, knn_probe, linear_probe, run_probes
+from histoflow.config import ProbesConfig
+from histoflow.evaluation.probes import (
+    few_shot,
+    grouped_cv,
+    knn_probe,
+    linear_probe,
+    probe_store,
+    run_probes,
+)
 
 
 def _blobs(n_per_class: int, classes: int, spread: float, seed: int):
@@ -109,3 +117,20 @@ def test_few_shot_picks_the_nearest_centroid_by_cosine_after_centring():
     centroids = unit(np.stack([unit(support - centre)[labels == c].mean(0) for c in range(3)]))
     expected = np.argmax(unit(test_x - centre) @ centroids.T, axis=1)
     assert np.array_equal(got, expected)
+
+
+def test_a_large_store_is_probed_on_a_stratified_draw_of_its_rows(tmp_path, feature_store):
+    import pandas as pd
+    import torch
+
+    x, y = _blobs(100, 3, 0.3, seed=0)  # 300 rows: 240 fit, 60 test
+    split = np.where(np.arange(300) % 5 == 0, "test", "train")
+    index = pd.DataFrame({"path": [f"{i}.png" for i in range(300)], "label": y, "split": split})
+    store = feature_store(tmp_path, {"image_pooled": torch.from_numpy(x).half()}, index)
+    p = ProbesConfig(seeds=2, episodes=3, max_rows=100)
+
+    probed = probe_store(store, index, [0, 1, 2], p)
+
+    assert probed["n_fit"] == 99 and probed["n_test"] == 60  # 33 a class; test under the cap
+    assert probed["results"]["linear"]["macro_recall"] == 1.0
+    assert probed == probe_store(store, index, [0, 1, 2], p)  # the same draw every run

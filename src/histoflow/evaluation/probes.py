@@ -25,6 +25,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from histoflow.config import ProbesConfig
 from histoflow.metrics import label_metrics
 
 __all__ = [
@@ -34,7 +35,9 @@ __all__ = [
     "grouped_cv",
     "knn_probe",
     "linear_probe",
+    "probe_store",
     "run_probes",
+    "stratified_draw",
 ]
 
 # What each probe reports per seed: the headline metrics that need only predicted labels.
@@ -242,3 +245,64 @@ def grouped_cv(
             _scores(y[test], knn_probe(x[train], y[train], x[test], k), num_classes)
         )
     return [linear, knn]
+
+
+def stratified_draw(y: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """About ``n`` sorted positions of ``y``, each class drawn in proportion (at least one).
+
+    How a protocol that must not grow with the data (the probes here, the robustness
+    certificate) picks its rows: seeded, so the same rows every run.
+    """
+    rng = np.random.default_rng(seed)
+    drawn = [
+        rng.choice(rows, max(1, round(n * len(rows) / len(y))), replace=False)
+        for rows in (np.flatnonzero(y == c) for c in np.unique(y))
+    ]
+    return np.sort(np.concatenate(drawn))
+
+
+def probe_store(store, index, classes: Sequence[str], p: ProbesConfig) -> dict:
+    """Every probe on a feature store's pooled image embeddings: train + val fit, test scored.
+
+    At most ``p.max_rows`` fit and test rows each (:func:`stratified_draw`, seed 0: the same
+    rows for every seed and encoder), read from the store, never the whole of it.
+
+    Args:
+        store: a :class:`~histoflow.embeddings.store.FeatureStore` (``read("image_pooled", rows)``).
+        index: the store's index (``label``, ``split`` per row).
+        classes: class names in label-index order.
+        p: the ``evaluate.probes`` params.
+
+    Returns:
+        ``{"features", "n_fit", "n_test", "seeds", "results": {probe: mean, std and per-seed
+        values of each probe metric}}``.
+    """
+    split = index["split"].to_numpy()
+    y = np.array([list(classes).index(c) for c in index["label"]])
+
+    def capped(rows: np.ndarray) -> np.ndarray:
+        return rows[stratified_draw(y[rows], p.max_rows, 0)] if len(rows) > p.max_rows else rows
+
+    fit = capped(np.flatnonzero(np.isin(split, ["train", "val"])))
+    test = capped(np.flatnonzero(split == "test"))
+    results = run_probes(
+        store.read("image_pooled", fit).astype(np.float32),
+        y[fit],
+        store.read("image_pooled", test).astype(np.float32),
+        y[test],
+        seeds=range(p.seeds),
+        k=p.k,
+        shots=p.shots,
+        episodes=p.episodes,
+    )
+    return {
+        "features": "image_pooled",
+        "n_fit": len(fit),
+        "n_test": len(test),
+        "seeds": list(range(p.seeds)),
+        "results": {
+            r.probe: r.summary()
+            | {f"per_seed_{m}": [s[m] for s in r.per_seed] for m in PROBE_METRICS}
+            for r in results
+        },
+    }

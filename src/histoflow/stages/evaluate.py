@@ -6,9 +6,12 @@ the HTML report ``reports/evaluate/index.html``.
 
 torch, grad-cam and matplotlib load when the stage runs, not at import: flows read this
 module's ``Outputs`` without paying for them. Each optional protocol (cross-group, seed spread,
-robustness, grouped CV, calibration and conformal sets, cases) is a short adapter here from
-params and the feature store to its module in ``histoflow.evaluation``; the tables written
-from the metrics are ``histoflow.evaluation.tables``.
+robustness, grouped CV, calibration and conformal sets, cases, encoder probes) is a short
+adapter here from params and the feature store to its module in ``histoflow.evaluation``; the
+tables written from the metrics are ``histoflow.evaluation.tables``. That is why the module is
+over 400 lines: one stage, one module, with eight protocols' adapters (params in, the module's
+call, the cost logged), while each protocol's own code lives in its ``histoflow.evaluation``
+module.
 """
 
 from __future__ import annotations
@@ -247,6 +250,7 @@ def _robustness(cfg: Params, inputs: Inputs, table: pd.DataFrame, y_true, weight
     from functools import partial
 
     from histoflow.data.images import load_rgb
+    from histoflow.evaluation.probes import stratified_draw
     from histoflow.evaluation.robustness import certificate
     from histoflow.inference import Predictor, fuse
     from histoflow.models.ablations import load_classifier
@@ -256,7 +260,7 @@ def _robustness(cfg: Params, inputs: Inputs, table: pd.DataFrame, y_true, weight
     test_images = len(table)
     if p.max_images is not None and len(table) > p.max_images:
         # A seeded draw stratified by class: every class keeps its share of the test split.
-        drawn = _stratified_draw(y_true, p.max_images, p.seed)
+        drawn = stratified_draw(y_true, p.max_images, p.seed)
         table, y_true = table.iloc[drawn].reset_index(drop=True), y_true[drawn]
         weights = BootstrapWeights(len(y_true), cfg.evaluate.bootstrap, cfg.evaluate.seed)
     predictor = Predictor.from_folders(inputs.encoder, inputs.fusion)
@@ -284,16 +288,6 @@ def _robustness(cfg: Params, inputs: Inputs, table: pd.DataFrame, y_true, weight
         file=sys.stderr,
     )
     return result | {"drawn_from": test_images} if len(paths) < test_images else result
-
-
-def _stratified_draw(y: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """About ``n`` sorted positions of ``y``, each class drawn in proportion (at least one)."""
-    rng = np.random.default_rng(seed)
-    drawn = [
-        rng.choice(rows, max(1, round(n * len(rows) / len(y))), replace=False)
-        for rows in (np.flatnonzero(y == c) for c in np.unique(y))
-    ]
-    return np.sort(np.concatenate(drawn))
 
 
 def _leave_one_group_out(cfg: Params, tensors, index, classes, clean_probs) -> dict:
@@ -367,55 +361,20 @@ def _probes(
     p: ProbesConfig, encoder: Path, tensors: FeatureStore, index: pd.DataFrame, classes
 ) -> dict:
     """The encoder's frozen pooled features probed as the field compares encoders (#13)."""
-    from histoflow.evaluation.probes import PROBE_METRICS, run_probes
+    from histoflow.evaluation.probes import probe_store
     from histoflow.models.checkpoint import read_model_json
 
     started = time.perf_counter()
-    split = index["split"].to_numpy()
-    draw = np.random.default_rng(0)  # a fixed draw: the same rows for every seed and encoder
-
-    def capped(rows: np.ndarray) -> np.ndarray:
-        return (
-            np.sort(draw.choice(rows, p.max_rows, replace=False))
-            if len(rows) > p.max_rows
-            else rows
-        )
-
-    fit = capped(np.flatnonzero(np.isin(split, ["train", "val"])))
-    test = capped(np.flatnonzero(split == "test"))
-    y = np.array([classes.index(c) for c in index["label"]])
-    x_fit = tensors.read("image_pooled", fit).astype(np.float32)
-    x_test = tensors.read("image_pooled", test).astype(np.float32)
-    results = run_probes(
-        x_fit,
-        y[fit],
-        x_test,
-        y[test],
-        seeds=range(p.seeds),
-        k=p.k,
-        shots=p.shots,
-        episodes=p.episodes,
-    )
-    model = read_model_json(encoder)  # what the features came from
+    result = probe_store(tensors, index, classes, p)
     # The cost goes to the log, not evaluate.json (which must reproduce bit for bit).
     print(
-        f"evaluate: probes on {len(fit)} + {len(test)} frozen embeddings in "
+        f"evaluate: probes on {result['n_fit']} + {result['n_test']} frozen embeddings in "
         f"{time.perf_counter() - started:.1f} s",
         file=sys.stderr,
     )
-    return {
-        "encoder": model.get("backbone", "?"),
-        "pretrained": bool(model.get("pretrained", False)),
-        "features": "image_pooled",
-        "n_fit": len(fit),
-        "n_test": len(test),
-        "seeds": list(range(p.seeds)),
-        "results": {
-            r.probe: r.summary()
-            | {f"per_seed_{m}": [s[m] for s in r.per_seed] for m in PROBE_METRICS}
-            for r in results
-        },
-    }
+    model = read_model_json(encoder)  # what the features came from
+    described = {"encoder": model.get("backbone", "?"), "pretrained": bool(model.get("pretrained"))}
+    return described | result
 
 
 def _trust(folder, metrics, predictions, calibration, scored, y, probs, classes, weights, p):
