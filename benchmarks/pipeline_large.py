@@ -13,6 +13,13 @@ smallest and under 4 GiB; time per tile at the largest size no worse than at the
 the whole largest run under 2 hours on the 2-core machine. ``HISTOFLOW_LARGE_SIZES`` (tiles,
 comma-separated, e.g. ``7680,15360``) measures other sizes; the largest is compared with the
 smallest. ``--quick`` runs the same code on 480 and 960 tiles.
+
+Disk per size: the feature store, all of ``outputs/`` (with the embedding caches), the DVC cache
+and the images. The projection to 259,000 and 1,000,000 tiles (:func:`projection`) comes from the
+two measured sizes: each stage's time as ``a + b x tiles`` through them, memory flat when the
+growth is within the target (else extended along the same line), disk per tile as measured at
+the largest size. ``python benchmarks/pipeline_large.py --project RESULTS.json`` prints it for
+a finished run's results.
 """
 
 from __future__ import annotations
@@ -37,6 +44,13 @@ CLASSES = 6
 MEMORY_GROWTH_TARGET = 1.3  # largest / smallest peak, per stage
 MEMORY_CEILING_MIB = 4 * 1024
 WHOLE_RUN_TARGET_S = 2 * 3600
+PROJECT_TO = (259_000, 1_000_000)
+_DISK = {  # figure name -> what is measured, relative to the project
+    "feature store": ("outputs/embed/features.safetensors",),
+    "outputs (with the embedding caches)": ("outputs",),
+    "DVC cache": (".dvc/cache",),
+    "images": ("data",),
+}
 
 
 def _sizes(quick: bool) -> tuple[int, ...]:
@@ -56,6 +70,7 @@ def run(quick: bool = False, repeats: int = 1) -> list[dict]:
     """The figures (see the module docstring); one sweep whatever ``repeats`` (hours)."""
     sizes = _sizes(quick)
     runs: dict[int, dict[str, Measurement]] = {}
+    disk: dict[int, dict[str, int]] = {}
     with tempfile.TemporaryDirectory(prefix="hf-bench-large-") as tmp:
         root = Path(tmp)
         started = time.perf_counter()
@@ -68,7 +83,90 @@ def run(quick: bool = False, repeats: int = 1) -> list[dict]:
                 stage: measure([str(BIN / "dvc"), "repro", "--single-item", stage], project)
                 for stage in stage_order(project)
             }
-    return _figures(runs, generated_s, max(sizes))
+            disk[n] = {
+                what: sum(_bytes(project / p) for p in paths) for what, paths in _DISK.items()
+            }
+    figures = _figures(runs, generated_s, max(sizes))
+    figures += [
+        {"figure": f"{n:,} tiles: disk, {what}", "unit": "MiB", "samples": [size / 2**20]}
+        for n, sizes_ in disk.items()
+        for what, size in sizes_.items()
+    ]
+    return figures + projection(figures)
+
+
+def _bytes(path: Path) -> int:
+    """Bytes ``path`` takes on disk (a folder: every file once, hard links counted once)."""
+    if path.is_file():
+        return path.stat().st_blocks * 512
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for file in path.rglob("*"):
+        info = file.lstat()
+        if file.is_file() and (info.st_dev, info.st_ino) not in seen:
+            seen.add((info.st_dev, info.st_ino))
+            total += info.st_blocks * 512
+    return total
+
+
+def projection(figures: list[dict], to: tuple[int, ...] = PROJECT_TO) -> list[dict]:
+    """What larger sizes would need, from a run's figures at two sizes (see the docstring).
+
+    Time: each stage as ``a + b x tiles`` through the smallest and largest measured sizes
+    (``a``: start-up and imports, ``b``: the per-tile cost; a stage whose cost grows faster than
+    linearly is underestimated, and a capped part counts as constant). Memory: the largest
+    size's peak when its growth over the smallest is within ``MEMORY_GROWTH_TARGET``, else
+    extended along the line through both. Disk: bytes per tile at the largest size.
+    """
+    seconds: dict[int, dict[str, float]] = {}
+    peaks: dict[int, dict[str, float]] = {}
+    disk: dict[int, dict[str, float]] = {}
+    for f in figures:
+        head, _, what = f["figure"].partition(" tiles: ")
+        if not what or not head.replace(",", "").isdigit():
+            continue
+        n, value = int(head.replace(",", "")), f["samples"][0]
+        if what.endswith(" peak memory (largest process)"):
+            peaks.setdefault(n, {})[what.removesuffix(" peak memory (largest process)")] = value
+        elif what.startswith("disk, "):
+            disk.setdefault(n, {})[what.removeprefix("disk, ")] = value
+        elif f["unit"] == "s" and what != "whole pipeline":
+            seconds.setdefault(n, {})[what] = value
+    if len(seconds) < 2:
+        return []
+    lo, hi = min(seconds), max(seconds)
+    out = []
+    for n in to:
+        total = 0.0
+        for stage, t_hi in seconds[hi].items():
+            slope = max(0.0, (t_hi - seconds[lo][stage]) / (hi - lo))
+            t = t_hi + slope * (n - hi)
+            total += t
+            out.append({"figure": f"projected {n:,} tiles: {stage}", "unit": "s", "samples": [t]})
+            p_lo, p_hi = peaks.get(lo, {}).get(stage), peaks.get(hi, {}).get(stage)
+            if p_lo and p_hi:
+                grows = p_hi / p_lo > MEMORY_GROWTH_TARGET
+                peak = p_hi + (max(0.0, (p_hi - p_lo) / (hi - lo)) * (n - hi) if grows else 0.0)
+                out.append(
+                    {
+                        "figure": f"projected {n:,} tiles: {stage} peak memory",
+                        "unit": "MiB",
+                        "samples": [peak],
+                        "notes": "extended along the measured growth" if grows else "flat",
+                    }
+                )
+        out.append(
+            {"figure": f"projected {n:,} tiles: whole pipeline", "unit": "s", "samples": [total]}
+        )
+        for what, mib in disk.get(hi, {}).items():
+            out.append(
+                {
+                    "figure": f"projected {n:,} tiles: disk, {what}",
+                    "unit": "MiB",
+                    "samples": [mib / hi * n],
+                }
+            )
+    return out
 
 
 def _figures(runs: dict[int, dict[str, Measurement]], generated_s: float, largest: int) -> list:
@@ -122,5 +220,19 @@ def _figures(runs: dict[int, dict[str, Measurement]], generated_s: float, larges
     return figures
 
 
+def _print_projection(results: Path) -> int:
+    """``--project RESULTS.json``: the projection of a finished run, as a markdown table."""
+    import json
+
+    data = json.loads(results.read_text())
+    figures = data["modules"]["pipeline_large"]["figures"] if "modules" in data else data
+    print("| figure | value | unit | notes |\n|---|---|---|---|")
+    for f in projection([f for f in figures if not f["figure"].startswith("projected ")]):
+        print(f"| {f['figure']} | {f['samples'][0]:,.0f} | {f['unit']} | {f.get('notes', '')} |")
+    return 0
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--project":
+        sys.exit(_print_projection(Path(sys.argv[2])))
     sys.exit(main(__doc__))

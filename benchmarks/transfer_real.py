@@ -12,8 +12,12 @@ For each dataset (the built-in synthetic set, ``pathmnist_1k`` and ``brain_tumor
 ``dvc repro`` runs the whole pipeline in a throw-away project (params.yaml's defaults, the brain
 MRI recipe for the MRI set, then the encoder recipe) and the figure is the test split's macro
 recall with its 95% bootstrap CI, and the wall time of the run. On demand only (about an hour on
-2 cores): ``make bench BENCH_ARGS="--only transfer_real"``; quick mode runs the built-in set's
-tiny version with the three recipes, 1 epoch each.
+2 cores without the brain MRI set, hours with it): ``make bench BENCH_ARGS="--only
+transfer_real"``; quick mode runs the built-in set's tiny version with the three recipes, 1 epoch
+each. To measure a part, or a stated reduction of it (recorded in each figure's notes):
+``HISTOFLOW_TRANSFER_DATASETS`` and ``HISTOFLOW_TRANSFER_ENCODERS`` (names, comma-separated)
+choose, and ``HISTOFLOW_TRANSFER_PARAMS`` (JSON, e.g. ``{"train_encoder": {"epochs": 4}}``)
+is applied last to every run.
 """
 
 from __future__ import annotations
@@ -63,20 +67,51 @@ def _datasets(quick: bool) -> dict[str, tuple[object, dict]]:
     }
 
 
+def _chosen(names: dict, variable: str) -> dict:
+    """``names`` narrowed to those listed in ``$variable`` (all when unset)."""
+    raw = os.environ.get(variable, "").strip()
+    if not raw:
+        return names
+    wanted = [w.strip() for w in raw.split(",") if w.strip()]
+    unknown = [w for w in wanted if w not in names]
+    if unknown:
+        raise ValueError(f"{variable}={raw!r}: unknown {unknown}; choose from {list(names)}")
+    return {name: names[name] for name in wanted}
+
+
+def _last_overrides() -> dict:
+    """``$HISTOFLOW_TRANSFER_PARAMS``: params sections applied last to every run."""
+    raw = os.environ.get("HISTOFLOW_TRANSFER_PARAMS", "").strip()
+    if not raw:
+        return {}
+    value = json.loads(raw)
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise ValueError(
+            f"HISTOFLOW_TRANSFER_PARAMS={raw!r}: expected a JSON object of params sections, "
+            'e.g. {"train_encoder": {"epochs": 4}}'
+        )
+    return value
+
+
 def run(quick: bool = False, repeats: int = 1) -> list[dict]:
     """One figure per (dataset, encoder recipe): test macro recall; and its run's seconds."""
     figures = []
-    for dataset, (make_data, overrides) in _datasets(quick).items():
+    last = _last_overrides()
+    datasets = _chosen(_datasets(quick), "HISTOFLOW_TRANSFER_DATASETS")
+    encoders = _chosen(ENCODERS, "HISTOFLOW_TRANSFER_ENCODERS")
+    for dataset, (make_data, overrides) in datasets.items():
         with tempfile.TemporaryDirectory(prefix="hf-bench-transfer-") as tmp:
             data = Path(tmp) / "data"
             make_data(data)
-            for name, encoder in ENCODERS.items():
+            for name, encoder in encoders.items():
                 params = {section: dict(values) for section, values in overrides.items()}
                 params["train_encoder"] = {
                     **params.get("train_encoder", {}),
                     **encoder,
                     **({"epochs": 1} if quick else {}),
                 }
+                for section, values in last.items():
+                    params[section] = {**params.get(section, {}), **values}
                 project = make_project(Path(tmp) / _slug(name), data, params, repo=REPO)
                 samples, seconds = [], []
                 for _ in range(repeats):
@@ -90,7 +125,8 @@ def run(quick: bool = False, repeats: int = 1) -> list[dict]:
                         "figure": f"{dataset}: {name}: test macro recall",
                         "unit": "macro recall",
                         "samples": samples,
-                        "notes": f"95% CI [{low:.3f}, {high:.3f}] (last run); n = {metrics['n']}",
+                        "notes": f"95% CI [{low:.3f}, {high:.3f}] (last run); n = {metrics['n']}"
+                        + (f"; params last: {json.dumps(last)}" if last else ""),
                     }
                 )
                 figures.append(

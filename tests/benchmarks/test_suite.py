@@ -170,3 +170,43 @@ def test_quick_benchmark_module_runs(name):
     for f in figures:
         assert f["summary"]["n"] == len(f["samples"]) == 1, (name, f)
         assert f["samples"][0] > 0 or "overhead" in f["figure"], (name, f)
+
+
+def test_large_run_projection_extends_the_measured_line():
+    """pipeline_large's projection: time a + b x tiles through two sizes; memory flat or not."""
+    pipeline_large = importlib.import_module("pipeline_large")
+
+    def fig(n, what, unit, value):
+        return {"figure": f"{n:,} tiles: {what}", "unit": unit, "samples": [value]}
+
+    figures = [{"figure": "generate 400 synthetic tiles", "unit": "s", "samples": [9.0]}]
+    for n in (100, 400):
+        figures += [
+            fig(n, "whole pipeline", "s", 1e6),  # a total, not a stage
+            fig(n, "embed", "s", 5 + 0.5 * n),  # a = 5 s, b = 0.5 s a tile
+            fig(n, "embed per tile", "ms", 1.0),
+            fig(n, "embed peak memory (largest process)", "MiB", 1000 + 0.1 * (n - 100)),
+            fig(n, "fusion", "s", 100.0 - 0.01 * n),  # faster per tile when larger: no slope
+            fig(n, "fusion peak memory (largest process)", "MiB", 100 + n),  # 4x: grows
+            fig(n, "disk, feature store", "MiB", 2.0 * n),
+        ]
+    got = {f["figure"]: f["samples"][0] for f in pipeline_large.projection(figures, to=(1000,))}
+
+    assert got["projected 1,000 tiles: embed"] == pytest.approx(505.0)
+    assert got["projected 1,000 tiles: embed peak memory"] == pytest.approx(1030.0)  # flat
+    assert got["projected 1,000 tiles: fusion"] == pytest.approx(96.0)
+    assert got["projected 1,000 tiles: fusion peak memory"] == pytest.approx(1100.0)  # its line
+    assert got["projected 1,000 tiles: whole pipeline"] == pytest.approx(601.0)
+    assert got["projected 1,000 tiles: disk, feature store"] == pytest.approx(2000.0)
+    assert pipeline_large.projection(figures[:8], to=(1000,)) == []  # one size: nothing
+
+
+def test_large_run_counts_hard_linked_files_once(tmp_path):
+    pipeline_large = importlib.import_module("pipeline_large")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "one").write_bytes(b"x" * 100_000)
+    (tmp_path / "a" / "two").hardlink_to(tmp_path / "a" / "one")
+    one = pipeline_large._bytes(tmp_path / "a" / "one")
+
+    assert one >= 100_000
+    assert pipeline_large._bytes(tmp_path / "a") == one
