@@ -7,6 +7,7 @@ it, and the CSV tables derived from it (captions, the feature index, predictions
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 import pandas as pd
@@ -17,8 +18,14 @@ __all__ = ["SPLITS", "class_names", "is_text_path", "printable_path", "read_mani
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
-def read_manifest(path: Path) -> pd.DataFrame:
+def read_manifest(path: Path, columns: Collection[str] | None = None) -> pd.DataFrame:
     """Read a table passed between stages: the validated manifest (parquet) or a CSV output.
+
+    Args:
+        path: the table.
+        columns: read only these columns (those the table has); None = all. A stage that
+            needs a few columns of a per-tile table then holds only those (a caption is
+            hundreds of bytes per tile).
 
     Raises:
         FileNotFoundError: the file does not exist (the stage that writes it has not run).
@@ -27,13 +34,20 @@ def read_manifest(path: Path) -> pd.DataFrame:
         raise FileNotFoundError(
             f"{path} not found: run `histoflow stage validate` (or `dvc repro`) first"
         )
+    wanted = None if columns is None else set(columns)
     if Path(path).suffix == ".parquet":
-        return pd.read_parquet(path)
+        if wanted is None:
+            return pd.read_parquet(path)
+        import pyarrow.parquet as pq
+
+        names = pq.read_schema(path).names
+        return pd.read_parquet(path, columns=[c for c in names if c in wanted])
     return pd.read_csv(
         path,
         dtype={"path": str, "label": str, "split": str, "patient_id": str, "sha256": str},
         keep_default_na=False,
         na_values=[""],
+        usecols=None if wanted is None else (lambda c: c in wanted),
     )
 
 

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import struct
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,6 +43,7 @@ __all__ = [
     "INDEX_FILE",
     "FeatureStore",
     "SafetensorsStream",
+    "TensorRows",
     "feature_dims",
     "load_features",
 ]
@@ -128,11 +130,14 @@ class FeatureStore:
         meta: the string metadata ``embed`` stored (text model, token grid, captioner...).
         shapes: tensor name -> its full shape.
 
+        columns: the index columns to read (None: all); the rest (captions: hundreds of bytes
+            per tile) stay on disk.
+
     Raises:
         FileNotFoundError: the folder holds no feature store.
     """
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, columns: Collection[str] | None = None):
         self._fd = -1  # closed until opened below
         path = Path(folder) / FEATURES_FILE
         if not path.is_file():
@@ -148,7 +153,7 @@ class FeatureStore:
             for name, info in header.items()
         }
         self.shapes = {name: shape for name, (_, _, shape) in self._layout.items()}
-        self.index = read_manifest(Path(folder) / INDEX_FILE)
+        self.index = read_manifest(Path(folder) / INDEX_FILE, columns)
         self._fd = os.open(path, os.O_RDONLY)
 
     def __len__(self) -> int:
@@ -176,6 +181,10 @@ class FeatureStore:
             raw = os.pread(self._fd, n * row_bytes, self._data + offset + first * row_bytes)
             out[order[run]] = np.frombuffer(raw, dtype).reshape(n, *shape[1:])
         return out
+
+    def tensor(self, name: str) -> TensorRows:
+        """Tensor ``name`` as an array-like whose rows are read only when indexed."""
+        return TensorRows(self, name)
 
     def rows(self, rows) -> dict[str, np.ndarray]:
         """The fusion inputs of ``rows``: ``image_tokens``, ``text_tokens``, ``text_mask``."""
@@ -228,3 +237,29 @@ def _dims(image_tokens: tuple[int, ...], text_tokens: tuple[int, ...]) -> dict[s
         "text_dim": int(text_tokens[2]),
         "image_tokens": int(image_tokens[1]),
     }
+
+
+class TensorRows:
+    """One tensor of an open :class:`FeatureStore`, read row by row on indexing.
+
+    ``rows[i]`` for a slice, an array of row numbers or a boolean mask returns those rows as a
+    numpy array (:meth:`FeatureStore.read`); ``len`` and ``shape`` come from the header. What
+    a stage holds is then what it asked for, not the tensor (the audit: 1 KiB per tile).
+    """
+
+    def __init__(self, store: FeatureStore, name: str):
+        self._store, self._name = store, name
+        _, self.dtype, self.shape = store._layout[name]
+
+    def __len__(self) -> int:
+        """Number of rows."""
+        return self.shape[0]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        """The rows asked for: a slice, row numbers or a boolean mask."""
+        if isinstance(rows, slice):
+            rows = np.arange(*rows.indices(self.shape[0]))
+        rows = np.asarray(rows)
+        if rows.dtype == np.bool_:
+            rows = np.flatnonzero(rows)
+        return self._store.read(self._name, rows)
