@@ -47,3 +47,20 @@ def test_colour_block_tolerates_missing_and_nan_columns():
     block = colour_block(table)
     assert block.shape == (4, 1)  # od_eosin is constant, the others are absent
     assert np.isfinite(block).all()
+
+
+def test_a_wide_embedding_read_from_disk_is_projected_and_still_recovers_the_slides(
+    tmp_path, feature_store
+):
+    """Blocks wider than MAX_BLOCK_DIMS go through a PCA; a store's rows are read on use."""
+    import torch
+
+    from histoflow.data.quality.cases import MAX_BLOCK_DIMS
+
+    slide, colour, emb = _slides()
+    rng = np.random.default_rng(2)
+    wide = emb @ rng.normal(size=(64, 4 * MAX_BLOCK_DIMS)) / 8  # 256 wide, same structure
+    tensors = {"image_pooled": torch.from_numpy(wide.astype(np.float16))}
+    with feature_store(tmp_path / "s", tensors) as store:
+        cases = infer_cases([colour, store.tensor("image_pooled")], neighbours=5)
+    assert adjusted_rand_score(slide, cases["case_id"]) > 0.9

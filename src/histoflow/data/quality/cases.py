@@ -5,9 +5,15 @@ once an encoder exists, sit close together in embedding space; re-encoded copies
 its perceptual hash. :func:`infer_cases` joins each tile to its nearest neighbours in those
 measurements (faiss, exact L2 search; a symmetric k-nearest-neighbour graph),
 adds a heavy edge for every near-duplicate pHash pair (a copy of a tile is from its slide), and
-splits the graph into communities with Louvain modularity (networkx, seeded). Each community is
-one inferred case; a tile's ``case_confidence`` is the
+splits the graph into communities with Louvain modularity (scikit-network, seeded). Each
+community is one inferred case; a tile's ``case_confidence`` is the
 share of its neighbours that fall in its own case (1 = every neighbour agrees).
+
+Memory grows by a few hundred bytes per tile, not kilobytes: blocks wider than
+:data:`MAX_BLOCK_DIMS` (a 512-wide embedding) are projected on their leading principal
+components (fitted on a seeded sample) before the search, everything is float32, and the
+graph is a sparse matrix (networkx's dict-of-dicts graph, which Louvain copies, took 1.1 GB
+more at 100,000 tiles than at 7,680).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from histoflow.data.quality.hashing import near_duplicate_pairs
 
 __all__ = [
     "CASE_COLOUR_FEATURES",
+    "MAX_BLOCK_DIMS",
     "case_groups",
     "colour_block",
     "has_patient_ids",
@@ -39,6 +46,11 @@ CASE_COLOUR_FEATURES = (
     "brightness",
     "contrast",
 )
+
+# Wider blocks are projected to this many principal components before the neighbour search.
+MAX_BLOCK_DIMS = 64
+_PCA_SAMPLE = 20_000  # rows the projection is fitted on
+_CHUNK = 8192  # rows projected at a time
 
 
 def colour_block(table: pd.DataFrame, columns: Sequence[str] = CASE_COLOUR_FEATURES) -> np.ndarray:
@@ -69,7 +81,8 @@ def infer_cases(
     """Group tiles into inferred cases.
 
     Args:
-        blocks: (N, D_b) feature blocks (e.g. :func:`colour_block`, pooled embeddings); each is
+        blocks: (N, D_b) feature blocks (e.g. :func:`colour_block`, pooled embeddings, as arrays
+            or rows read on use: :class:`~histoflow.embeddings.store.TensorRows`); each is
             scaled to unit mean row norm, then divided by sqrt(number of blocks), so every block
             weighs the same whatever its width.
         phash: 16-hex-digit perceptual hashes; tiles within ``phash_distance`` bits end in one
@@ -84,35 +97,45 @@ def infer_cases(
         and ``case_confidence`` in [0, 1], one row per tile in input order.
     """
     import faiss
-    import networkx as nx
+    from scipy import sparse
+    from sknetwork.clustering import Louvain
 
     n = len(blocks[0])
-    x = np.hstack([_unit_scale(b) for b in blocks]) / np.sqrt(len(blocks))
+    x = np.hstack([_unit_scale(_narrow(b, seed)) for b in blocks]) / np.float32(
+        np.sqrt(len(blocks))
+    )
     x = np.ascontiguousarray(x, dtype=np.float32)
     k = max(1, min(neighbours, n - 1))
     index = faiss.IndexFlatL2(x.shape[1])
     index.add(x)
     _, idx = index.search(x, k + 1)  # (N, k + 1): each tile finds itself first
+    del index, x
     idx = _drop_self(idx, k)
 
-    graph = nx.Graph()
-    graph.add_nodes_from(range(n))
-    graph.add_edges_from(
-        ((i, int(j)) for i in range(n) for j in idx[i] if j >= 0 and j != i), weight=1.0
+    rows = np.repeat(np.arange(n), k)
+    cols = idx.reshape(-1)
+    keep = (cols >= 0) & (cols != rows)
+    knn = sparse.csr_matrix(
+        (np.ones(int(keep.sum()), np.float32), (rows[keep], cols[keep])), shape=(n, n)
     )
+    graph = knn.maximum(knn.T)  # symmetric: an edge whichever tile found the other
+    del rows, cols, keep, knn
     if phash is not None:
         # A near-duplicate is a copy of one tile: an edge as strong as all its neighbours
         # together pulls both into one case, without chaining whole communities together.
         pairs = near_duplicate_pairs(list(phash), phash_distance)
-        graph.add_edges_from(
-            zip(pairs["i"].tolist(), pairs["j"].tolist(), strict=True), weight=2.0 * k
-        )
-    communities = nx.community.louvain_communities(
-        graph, weight="weight", resolution=resolution, seed=seed
+        i, j = pairs["i"].to_numpy(), pairs["j"].to_numpy()
+        copies = sparse.csr_matrix((np.full(len(i), 2.0 * k, np.float32), (i, j)), shape=(n, n))
+        graph = graph.maximum(copies).maximum(copies.T)
+    louvain = Louvain(
+        resolution=resolution,
+        modularity="newman",
+        shuffle_nodes=True,
+        random_state=seed,
+        return_probs=False,
+        return_aggregate=False,
     )
-    labels = np.empty(n, dtype=np.int64)
-    for c, members in enumerate(communities):
-        labels[list(members)] = c
+    labels = np.asarray(louvain.fit_predict(graph.tocsr()), dtype=np.int64)
     # Number cases by their first tile, so the ids do not depend on Louvain's set order.
     _, first = np.unique(labels, return_index=True)
     rank = np.empty(len(first), dtype=np.int64)
@@ -125,10 +148,32 @@ def infer_cases(
 
 
 def _unit_scale(block: np.ndarray) -> np.ndarray:
-    block = np.asarray(block, dtype=np.float64)
-    block = block - block.mean(0)
+    block = np.asarray(block, dtype=np.float32)
+    block = block - block.mean(0, dtype=np.float64).astype(np.float32)
     norm = np.linalg.norm(block, axis=1).mean()
-    return block / norm if norm > 0 else block
+    return block / np.float32(norm) if norm > 0 else block
+
+
+def _narrow(block: np.ndarray, seed: int) -> np.ndarray:
+    """``block`` as float32; wider than :data:`MAX_BLOCK_DIMS`, its leading principal components.
+
+    The projection is fitted on a seeded sample of rows and applied chunk by chunk, so a
+    float16 block of any length is never copied whole at a wider type.
+    """
+    if block.shape[1] <= MAX_BLOCK_DIMS or len(block) <= MAX_BLOCK_DIMS:
+        return np.asarray(block[: len(block)], dtype=np.float32)  # rows read from disk too
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(len(block), min(len(block), _PCA_SAMPLE), replace=False))
+    pca = PCA(n_components=MAX_BLOCK_DIMS, svd_solver="randomized", random_state=seed)
+    pca.fit(np.asarray(block[sample], dtype=np.float32))
+    return np.concatenate(
+        [
+            pca.transform(np.asarray(block[s : s + _CHUNK], dtype=np.float32)).astype(np.float32)
+            for s in range(0, len(block), _CHUNK)
+        ]
+    )
 
 
 def _drop_self(idx: np.ndarray, k: int) -> np.ndarray:
