@@ -72,3 +72,31 @@ def test_read_excluded_needs_the_audit(tmp_path):
         read_excluded(tmp_path / "excluded.csv")
     (tmp_path / "excluded.csv").write_text("path,reason\na/1.png,label_issue\n")
     assert read_excluded(tmp_path / "excluded.csv") == {"a/1.png"}
+
+
+def test_a_bounded_training_draw_scores_every_tile_and_still_finds_flips(slide_embeddings):
+    """max_train_rows: each fold's probe sees a draw; every tile still gets probabilities."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y, rng = slide_embeddings
+    x = x.astype(np.float32)
+    # Unbounded, it is scikit-learn's own cross_val_predict of the same probe and folds.
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=1000))
+    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=0)
+    expected = cross_val_predict(probe, x, y, cv=folds, method="predict_proba")
+    np.testing.assert_allclose(out_of_fold_probabilities(x, y), expected, atol=1e-6)
+
+    flipped = rng.choice(len(y), 12, replace=False)
+    noisy = y.copy()
+    noisy[flipped] = (noisy[flipped] + 1) % 3
+    bounded = out_of_fold_probabilities(x, noisy, max_train_rows=120)
+    assert bounded.shape == (240, 3)
+    np.testing.assert_allclose(bounded.sum(1), 1.0, atol=1e-6)
+    assert not np.allclose(bounded, out_of_fold_probabilities(x, noisy))  # the draw mattered
+    index = pd.DataFrame({"path": [f"t{i}.png" for i in range(len(y))], "split": "train"})
+    issues = find_label_issues(bounded, noisy, index, ["a", "b", "c"])
+    found = set(issues["path"]) & {f"t{i}.png" for i in flipped}
+    assert len(found) >= 9, f"found {len(found)} of 12 flips with a 120-row draw"

@@ -30,4 +30,7 @@ class AuditConfig(Section):
     # Above this many tiles the leakage index scores whole cases drawn up to it (its kNN probe
     # is quadratic in the tiles: 100,000 tiles took most of the stage's time).
     leakage_max_rows: int = Field(20_000, ge=100)
+    # Each fold of the label audit fits its probe on at most this many training tiles (a
+    # stratified draw; every tile is still scored): the audit's memory stays flat in the tiles.
+    probe_max_rows: int = Field(20_000, ge=100)
     gallery: int = Field(24, ge=0)  # suspect tiles shown in reports/audit/gallery.html

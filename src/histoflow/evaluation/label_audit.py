@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -30,6 +30,7 @@ __all__ = [
 ISSUE_COLUMNS = ("path", "split", "given", "likely", "score")
 # The exclusion list stage audit writes and train_fusion reads: one row per tile left out.
 EXCLUDED_COLUMNS = ("path", "reason")
+_CHUNK = 8192  # held-out rows scored at a time
 
 
 def read_excluded(path: Path) -> set[str]:
@@ -51,21 +52,26 @@ def read_excluded(path: Path) -> set[str]:
 
 
 def out_of_fold_probabilities(
-    x: np.ndarray,
+    x,
     y: np.ndarray,
     *,
     folds: int = 5,
     seed: int = 0,
     groups: np.ndarray | None = None,
+    max_train_rows: int | None = None,
 ) -> np.ndarray:
     """Class probabilities of each row from a logistic-regression probe that never saw it.
 
     Args:
-        x: (N, D) embeddings.
+        x: (N, D) embeddings: an array, or anything indexed by an array of rows that returns
+            them (:class:`~histoflow.embeddings.store.TensorRows`: rows read from disk on use).
         y: (N,) class indices, every class present.
         folds: cross-validation folds (at most the smallest class's count).
-        seed: shuffles the fold assignment.
+        seed: shuffles the fold assignment (and the training draw).
         groups: (N,) case ids; folds then never split a case (StratifiedGroupKFold).
+        max_train_rows: each fold's probe is fitted on at most this many of its training rows
+            (a stratified, seeded draw), and the held-out rows are scored in chunks: memory
+            stays flat in N. None = every training row.
 
     Returns:
         (N, C) out-of-fold probabilities, rows summing to 1.
@@ -73,6 +79,9 @@ def out_of_fold_probabilities(
     Raises:
         ValueError: a class with fewer rows than ``folds``.
     """
+    from sklearn.base import clone
+    from sklearn.model_selection import train_test_split
+
     counts = np.bincount(y)
     if counts.min() < folds:
         raise ValueError(
@@ -84,9 +93,19 @@ def out_of_fold_probabilities(
     else:
         splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=1000))
-    return cross_val_predict(
-        probe, x, y, groups=groups, cv=splitter, method="predict_proba"
-    ).astype(np.float64)
+    probabilities = np.zeros((len(y), len(counts)), np.float64)
+    for train, test in splitter.split(np.zeros((len(y), 1)), y, groups):
+        if max_train_rows is not None and len(train) > max_train_rows:
+            train, _ = train_test_split(
+                train, train_size=max_train_rows, stratify=y[train], random_state=seed
+            )
+            train = np.sort(train)
+        fitted = clone(probe).fit(np.asarray(x[train], dtype=np.float32), y[train])
+        for s in range(0, len(test), _CHUNK):
+            rows = test[s : s + _CHUNK]
+            scores = fitted.predict_proba(np.asarray(x[rows], dtype=np.float32))
+            probabilities[np.ix_(rows, fitted.classes_)] = scores
+    return probabilities
 
 
 def find_label_issues(

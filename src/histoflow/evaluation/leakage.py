@@ -55,7 +55,7 @@ class LeakageIndex:
 
 
 def leakage_index(
-    x: np.ndarray,
+    x,
     y: np.ndarray,
     groups: np.ndarray,
     *,
@@ -69,7 +69,8 @@ def leakage_index(
     """Score the probes with random and with case-grouped CV; their gap is the index.
 
     Args:
-        x: (N, D) embeddings.
+        x: (N, D) embeddings: an array, or rows read on use
+            (:class:`~histoflow.embeddings.store.TensorRows`).
         y: (N,) class indices.
         groups: (N,) case ids (patient, slide or inferred case).
         folds: folds of both cross-validations.
@@ -85,9 +86,11 @@ def leakage_index(
         ValueError: fewer cases than folds.
     """
     groups = np.asarray(groups)
+    keep = np.arange(len(y))
     if max_rows is not None and len(y) > max_rows:
-        keep = _whole_cases(groups, max_rows, seed)
-        x, y, groups = x[keep], y[keep], groups[keep]
+        keep = np.flatnonzero(_whole_cases(groups, max_rows, seed))
+    # Only the drawn rows are read (x may read rows from disk on use: TensorRows).
+    x, y, groups = np.asarray(x[keep], dtype=np.float32), y[keep], groups[keep]
     k = max(1, min(k, len(y) // 2))
     # Every tile its own group: StratifiedGroupKFold then is a stratified random split.
     singletons = grouped_cv(x, y, np.arange(len(y)), folds=folds, seed=seed, k=k)

@@ -23,12 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from histoflow.config import Params
+from histoflow.data.quality.cases import CASE_COLOUR_FEATURES
 from histoflow.embeddings.store import FeatureStore
 from histoflow.stages import write_metrics
 
 __all__ = ["PARAMS", "AuditError", "Inputs", "Outputs", "run"]
 
 PARAMS = ("audit", "data.max_pixels", "validate.near_duplicate_distance")
+# The index columns the audit reads (the captions and other QC columns stay on disk).
+_INDEX_COLUMNS = ("path", "split", "label", "phash", "patient_id", *CASE_COLOUR_FEATURES)
 
 
 class AuditError(RuntimeError):
@@ -73,46 +76,49 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     from histoflow.io import atomic_path
 
     a = cfg.audit
-    # Only the pooled embeddings (N, D) are read: the tokens stay on disk.
-    with FeatureStore(inputs.features) as store:
+    # Only the pooled embeddings (N, D) are read, and only the rows each step asks for (the
+    # case graph's projection, the probes' draws): the tokens and captions stay on disk.
+    with FeatureStore(inputs.features, columns=_INDEX_COLUMNS) as store:
         index = store.index
-        x = store.read("image_pooled", np.arange(len(store))).astype(np.float32)
-    classes = class_names(index)
-    y = np.array([classes.index(c) for c in index["label"]])
+        pooled = store.tensor("image_pooled")
+        classes = class_names(index)
+        y = np.array([classes.index(c) for c in index["label"]])
 
-    phash = index["phash"].astype(str).tolist() if "phash" in index else None
-    cases = infer_cases(
-        [colour_block(index), x],
-        phash=phash,
-        phash_distance=cfg.validate.near_duplicate_distance,
-        neighbours=a.case_neighbours,
-        resolution=a.case_resolution,
-        seed=a.seed,
-    )
-    cases.insert(0, "path", index["path"].to_numpy())
-    cases.insert(1, "split", index["split"].to_numpy())
-    groups, source = _groups(index, cases, a.cases)
-    leaks = _split_cases(cases)
+        phash = index["phash"].astype(str).tolist() if "phash" in index else None
+        cases = infer_cases(
+            [colour_block(index), pooled],
+            phash=phash,
+            phash_distance=cfg.validate.near_duplicate_distance,
+            neighbours=a.case_neighbours,
+            resolution=a.case_resolution,
+            seed=a.seed,
+        )
+        cases.insert(0, "path", index["path"].to_numpy())
+        cases.insert(1, "split", index["split"].to_numpy())
+        groups, source = _groups(index, cases, a.cases)
+        leaks = _split_cases(cases)
 
-    issues = pd.DataFrame(columns=["path", "split", "given", "likely", "score"])
-    if a.label_issues != "off":
-        probabilities = out_of_fold_probabilities(x, y, folds=a.folds, seed=a.seed)
-        issues = find_label_issues(probabilities, y, index, classes)
+        issues = pd.DataFrame(columns=["path", "split", "given", "likely", "score"])
+        if a.label_issues != "off":
+            probabilities = out_of_fold_probabilities(
+                pooled, y, folds=a.folds, seed=a.seed, max_train_rows=a.probe_max_rows
+            )
+            issues = find_label_issues(probabilities, y, index, classes)
+        leakage, cases_found = None, len(np.unique(groups))
+        if cases_found >= a.folds:  # grouped CV needs a case per fold at least
+            leakage = leakage_index(
+                pooled,
+                y,
+                groups,
+                folds=a.folds,
+                seed=a.seed,
+                threshold=a.leakage_threshold,
+                max_rows=a.leakage_max_rows,
+            )
     share = len(issues) / max(len(index), 1)
     excluded = issues[["path"]].assign(reason="label_issue")
     if a.label_issues != "exclude":
         excluded = excluded.iloc[:0]
-    leakage, cases_found = None, len(np.unique(groups))
-    if cases_found >= a.folds:  # grouped CV needs a case per fold at least
-        leakage = leakage_index(
-            x,
-            y,
-            groups,
-            folds=a.folds,
-            seed=a.seed,
-            threshold=a.leakage_threshold,
-            max_rows=a.leakage_max_rows,
-        )
     sentence = (
         leakage.sentence()
         if leakage
