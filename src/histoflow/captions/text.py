@@ -22,6 +22,7 @@ BUNDLED_MODEL = "all-MiniLM-L6-v2"
 # sha256 of the official sentence-transformers/all-MiniLM-L6-v2 model.safetensors.
 BUNDLED_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 _ROWS = 32  # texts per forward pass, always (see TextEncoder.encode)
+_TOKENIZE_ROWS = 2048  # texts tokenised at a time to count the truncated ones
 
 
 @dataclass(frozen=True)
@@ -99,10 +100,14 @@ class TextEncoder:
 
     def n_truncated(self, texts: list[str]) -> int:
         """How many of ``texts`` are longer than ``max_tokens`` (``encode`` cuts their ends)."""
-        if not texts:
-            return 0
-        ids = self.tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]
-        return sum(len(x) > self.max_tokens for x in ids)
+        texts = list(texts)
+        n = 0
+        # In chunks: a fast tokenizer's output holds kilobytes per text (ids, offsets, tokens),
+        # which for every distinct caption at once was most of embed's growth with the tiles.
+        for s in range(0, len(texts), _TOKENIZE_ROWS):
+            ids = self.tokenizer(texts[s : s + _TOKENIZE_ROWS], truncation=False, verbose=False)
+            n += sum(len(x) > self.max_tokens for x in ids["input_ids"])
+        return n
 
     @torch.inference_mode()
     def encode(self, texts: list[str]) -> TextEmbeddings:

@@ -126,10 +126,11 @@ def _fill_cache(
     caption_batch, key = _load_captioner(captions, key)
     cached = cache.get_many(first.index, key)  # again: the key may have changed
     missing = first[~first.index.isin(list(cached))]
-    shas, rows, size = list(missing.index), missing.to_dict("records"), captions.batch_size
+    shas, size = list(missing.index), captions.batch_size
     with tqdm(total=len(shas), desc=f"captions ({key.backend})", unit="img") as bar:
         for start in range(0, len(shas), size):
-            batch = rows[start : start + size]
+            # One batch's rows as dicts at a time: every row at once held kilobytes per tile.
+            batch = missing.iloc[start : start + size].to_dict("records")
             images = [load_rgb(data / row["path"], max_pixels=max_pixels) for row in batch]
             texts = caption_batch(images, batch)
             if len(texts) != len(images):

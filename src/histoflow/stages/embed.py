@@ -61,7 +61,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
 
     p = cfg.embed
     manifest = read_manifest(inputs.manifest)
-    captions = read_manifest(inputs.captions).set_index("path")["caption"]
+    captions = read_manifest(inputs.captions, ("path", "caption")).set_index("path")["caption"]
     missing = set(manifest["path"]) - set(captions.index)
     if missing:
         raise ValueError(

@@ -36,9 +36,13 @@ class Outputs:
 
 def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     """Write the monitoring reference folder; returns its summary."""
+    from histoflow.data.quality.features import DRIFT_FEATURES
     from histoflow.monitoring.reference import write_reference
 
-    with FeatureStore(inputs.features) as store:  # pooled embeddings read in chunks
+    # Pooled embeddings read in chunks; of the index only what the reference keeps (the
+    # captions and the other columns stay on disk: they were most of its growth with tiles).
+    columns = ("path", "label", "split", *DRIFT_FEATURES)
+    with FeatureStore(inputs.features, columns=columns) as store:
         return write_reference(
             outputs.reference,
             store.index,
