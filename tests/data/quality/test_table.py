@@ -79,6 +79,18 @@ def test_feature_table_with_workers_equals_in_process(tiles: list[Path]) -> None
     pd.testing.assert_frame_equal(with_workers, in_process)
 
 
+def test_rows_turned_into_columns_in_chunks_give_the_same_table(
+    tiles: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rows become columns a chunk at a time (memory); chunks of one kind (a lone unreadable
+    row, a lone greyscale one) must still give the dtypes of the table built at once."""
+    whole = feature_table(tiles, progress=False)
+    monkeypatch.setattr(qc_table, "_TABLE_CHUNK", 1)
+    pd.testing.assert_frame_equal(feature_table(tiles, progress=False), whole)
+    monkeypatch.setattr(qc_table, "_TABLE_CHUNK", 4)
+    pd.testing.assert_frame_equal(feature_table(tiles, progress=False), whole)
+
+
 def test_feature_table_rejects_negative_workers(tiles: list[Path]) -> None:
     with pytest.raises(ValueError, match="workers must be 0"):
         feature_table(tiles, workers=-1, progress=False)

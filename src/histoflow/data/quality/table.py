@@ -41,6 +41,7 @@ _CACHE_KEY = "mtime_ns"
 # bare forkserver; "fork" starts in ~0.3 s too but inherits the caller's threads.
 _MP_CONTEXT = "forkserver"
 _MAX_CHUNKSIZE = 64
+_TABLE_CHUNK = 4096  # measured rows turned into columns at a time
 _worker_limits = None  # keeps the worker's threadpoolctl limits alive
 
 
@@ -88,14 +89,19 @@ def feature_table(
         for path in paths
     )
 
-    rows, mtimes = [], []
+    chunks, rows, mtimes = [], [], []
     results = _imap(_measure, jobs, workers=workers, total=total)
     for path, row, mtime_ns in tqdm(
         results, total=total, desc="qc", unit="img", disable=not progress
     ):
         rows.append({"path": path, **(cached_rows[path] if row is None else row)})
         mtimes.append(mtime_ns)
-    table = _to_table(rows)
+        if len(rows) == _TABLE_CHUNK:  # rows as dicts cost ~3 KB each: columns a tenth
+            chunks.append(_to_table(rows))
+            rows = []
+    chunks.append(_to_table(rows))
+    table = pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
+    del chunks
     if cache is not None:
         _write_cache(Path(cache), table, mtimes)
     return table
