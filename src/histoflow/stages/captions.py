@@ -66,7 +66,10 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         ``seconds``.
     """
     started = time.perf_counter()
-    manifest = read_manifest(inputs.manifest)
+    from histoflow.captions.morphology import QC_REUSED
+
+    # What captioning reads of validate's table: the morphology captioner reuses a few QC values.
+    manifest = read_manifest(inputs.manifest, ("sha256", "path", "label", *QC_REUSED))
     key = key_for(cfg.captions)
     # One row per distinct content: duplicates share a caption.
     first = manifest.drop_duplicates("sha256").set_index("sha256")
