@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
+
+import pytest
 
 from histoflow.cli import main
 
@@ -234,3 +239,26 @@ def test_predictions_are_written_as_each_batch_finishes(tmp_path):
         summary = write_rows(batches(fh), fh, "submission")
     assert summary.rows == 6 and summary.failed == 0
     assert pd.read_csv(out)["SubjectID"].tolist() == ["0x", "0y", "1x", "1y", "2x", "2y"]
+
+
+@pytest.mark.parametrize(("env", "expected"), [(None, "system"), ("mimalloc", "mimalloc")])
+def test_commands_use_the_system_arrow_allocator_unless_told_otherwise(env, expected):
+    # mimalloc (Arrow's default) keeps freed pages, which grew validate's peak with the tiles.
+    code = (
+        "import histoflow.cli as cli\n"
+        "def command(argv):\n"
+        "    import pyarrow as pa\n"
+        "    print(pa.default_memory_pool().backend_name)\n"
+        "    return 0\n"
+        "cli._main = command\n"
+        "assert cli.main([]) == 0\n"
+        "import os; assert os.environ.get('ARROW_DEFAULT_MEMORY_POOL') == " + repr(env) + "\n"
+    )
+    environ = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    if env:
+        environ["ARROW_DEFAULT_MEMORY_POOL"] = env
+    run = subprocess.run(
+        [sys.executable, "-c", code], env=environ, capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == expected

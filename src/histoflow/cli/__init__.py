@@ -20,6 +20,20 @@ __all__ = ["main"]
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command ``argv`` (default: the process arguments); returns the exit status."""
+    # Arrow's default allocator (mimalloc) keeps the pages it frees: at 30,720 tiles validate
+    # peaked 35-40 MiB higher with it than with the system one, the gap growing with the tiles.
+    # Read once, when pyarrow first allocates; a user's own choice stands.
+    system_pool = "ARROW_DEFAULT_MEMORY_POOL" not in os.environ
+    if system_pool:
+        os.environ["ARROW_DEFAULT_MEMORY_POOL"] = "system"
+    try:
+        return _main(argv)
+    finally:
+        if system_pool:
+            del os.environ["ARROW_DEFAULT_MEMORY_POOL"]
+
+
+def _main(argv: list[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     apply_environment(Path.cwd())

@@ -107,9 +107,10 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     from histoflow.data.quality.table import feature_table
 
     # Unchanged images reuse their rows from the previous run (keyed by path, size, mtime,
-    # confirmed by sha256); the cache sits beside the manifest, outside DVC's outputs.
+    # confirmed by sha256); the cache sits beside the manifest, outside DVC's outputs. Paths go
+    # as strings: a Path object per tile held ~0.4 KB more per tile through the QC pass.
     qc = feature_table(
-        [inputs.data / p for p in source["path"]],
+        [os.path.join(inputs.data, p) for p in source["path"]],
         workers=cfg.validate.workers,
         cache=outputs.manifest.parent / ".qc_cache.parquet",
         progress=not os.environ.get("TQDM_DISABLE"),  # no bar in a log (tqdm's own switch)
