@@ -28,9 +28,12 @@ class AuditConfig(Section):
     leakage_threshold: float = Field(0.1, ge=0, le=1)  # random minus grouped CV above this = leak
     leakage: Literal["off", "warning", "error"] = "warning"  # level of the leakage finding
     # Above this many tiles the leakage index scores whole cases drawn up to it (its kNN probe
-    # is quadratic in the tiles: 100,000 tiles took most of the stage's time).
-    leakage_max_rows: int = Field(20_000, ge=100)
+    # is quadratic in the tiles: 100,000 tiles took most of the stage's time). 10,000, as
+    # evaluate's probes (evaluate.probes.max_rows): past it the stage's memory is flat.
+    leakage_max_rows: int = Field(10_000, ge=100)
     # Each fold of the label audit fits its probe on at most this many training tiles (a
     # stratified draw; every tile is still scored): the audit's memory stays flat in the tiles.
-    probe_max_rows: int = Field(20_000, ge=100)
+    # At 20,000 the draws alone added ~140 MiB between 7,680 and 30,720 tiles (a linear probe
+    # on a few hundred dims is well determined by 10,000 rows).
+    probe_max_rows: int = Field(10_000, ge=100)
     gallery: int = Field(24, ge=0)  # suspect tiles shown in reports/audit/gallery.html

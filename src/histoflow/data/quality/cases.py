@@ -49,7 +49,7 @@ CASE_COLOUR_FEATURES = (
 
 # Wider blocks are projected to this many principal components before the neighbour search.
 MAX_BLOCK_DIMS = 64
-_PCA_SAMPLE = 20_000  # rows the projection is fitted on
+_PCA_SAMPLE = 10_000  # rows the projection is fitted on (64 components: plenty)
 _CHUNK = 8192  # rows projected at a time
 
 
