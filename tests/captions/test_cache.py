@@ -33,6 +33,18 @@ def test_round_trip_returns_only_hits(cache):
     assert len(cache) == 3
 
 
+def test_which_and_how_many_are_cached_without_reading_captions(cache, monkeypatch):
+    cache.put_many(ITEMS, KEY)
+    other = dataclasses.replace(KEY, revision="def456")
+    asked = ["a" * 64, "d" * 64, "b" * 64, "a" * 64]  # a repeat counts once
+    assert cache.cached(asked, KEY) == {"a" * 64, "b" * 64}
+    assert cache.count(asked, KEY) == 2
+    assert cache.count(asked, other) == 0
+    monkeypatch.setattr("histoflow.captions.cache._CHUNK", 1)  # one query per sha, summed
+    assert cache.count(asked, KEY) == 2
+    assert cache.get_many(asked, KEY) == {s: ITEMS[s] for s in ("a" * 64, "b" * 64)}
+
+
 def test_put_replaces_a_caption_under_the_same_key(cache):
     cache.put_many(ITEMS, KEY)
     cache.put_many({"a" * 64: "revised"}, KEY)

@@ -14,7 +14,7 @@ import hashlib
 import importlib.util
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from types import TracebackType
@@ -120,18 +120,26 @@ class CaptionCache:
 
     def get_many(self, shas: Iterable[str], key: CacheKey) -> dict[str, str]:
         """Cached captions of ``shas`` under ``key``: ``{sha256: caption}``, hits only."""
+        return dict(self._select("sha256, caption", shas, key))
+
+    def cached(self, shas: Iterable[str], key: CacheKey) -> set[str]:
+        """Those of ``shas`` with a caption under ``key`` (the captions are not read)."""
+        return {sha for (sha,) in self._select("sha256", shas, key)}
+
+    def count(self, shas: Iterable[str], key: CacheKey) -> int:
+        """How many of the distinct ``shas`` have a caption under ``key``."""
+        return sum(n for (n,) in self._select("COUNT(*)", shas, key))
+
+    def _select(self, columns: str, shas: Iterable[str], key: CacheKey) -> Iterator[tuple]:
         shas = list(dict.fromkeys(shas))
-        found: dict[str, str] = {}
         for start in range(0, len(shas), _CHUNK):
             chunk = shas[start : start + _CHUNK]
             marks = ",".join("?" * len(chunk))
-            rows = self._conn.execute(
-                "SELECT sha256, caption FROM captions WHERE backend = ? AND model_id = ? "
+            yield from self._conn.execute(
+                f"SELECT {columns} FROM captions WHERE backend = ? AND model_id = ? "
                 f"AND revision = ? AND prompt_hash = ? AND sha256 IN ({marks})",
                 (*astuple(key), *chunk),
             )
-            found.update(rows)
-        return found
 
     def put_many(self, items: Mapping[str, str], key: CacheKey) -> None:
         """Store ``{sha256: caption}`` under ``key`` in one transaction: all of it or none.

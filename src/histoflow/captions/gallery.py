@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,7 @@ def write_gallery(
     data_root: Path,
     per_class: int,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    captions: Callable[[pd.DataFrame], Sequence[str]] | None = None,
 ) -> Path:
     """Write ``out_dir/gallery.html`` showing ``per_class`` captioned tiles of each class.
 
@@ -51,17 +53,20 @@ def write_gallery(
 
     Args:
         table: One row per image, with columns ``path`` (relative to ``data_root``), ``label``
-            and ``caption``; ``backend`` and ``model``, if present, go in the page's header.
+            and ``caption`` (or see ``captions``); ``backend`` and ``model``, if present, go
+            in the page's header.
         out_dir: Folder for ``gallery.html``; created if missing.
         data_root: Folder the paths in ``table`` are relative to.
         per_class: Tiles shown per class (fewer when a class has fewer images).
         max_pixels: Most pixels an image may have (checked before decoding).
+        captions: The captions of the rows shown (a few per class), when ``table`` has no
+            ``caption`` column: a large table need not hold every caption.
 
     Returns:
         Path of the written page.
     """
     sections = [
-        _section(str(label), rows, Path(data_root), per_class, max_pixels)
+        _section(str(label), rows, Path(data_root), per_class, max_pixels, captions)
         for label, rows in table.groupby("label", sort=True)
     ]
     page = "\n".join(
@@ -94,13 +99,19 @@ def _describe(table: pd.DataFrame, per_class: int) -> str:
 
 
 def _section(
-    label: str, rows: pd.DataFrame, data_root: Path, per_class: int, max_pixels: int
+    label: str,
+    rows: pd.DataFrame,
+    data_root: Path,
+    per_class: int,
+    max_pixels: int,
+    captions: Callable[[pd.DataFrame], Sequence[str]] | None,
 ) -> str:
     rows = rows.sort_values("path", kind="stable")
     shown = rows.iloc[_spread(len(rows), per_class)]
+    texts = shown["caption"] if captions is None else captions(shown)
     figures = [
         _figure(data_root / path, path, caption, max_pixels)
-        for path, caption in zip(shown["path"], shown["caption"], strict=True)
+        for path, caption in zip(shown["path"], texts, strict=True)
     ]
     return "\n".join(
         [

@@ -35,6 +35,7 @@ __all__ = ["CACHE_NAME", "COLUMNS", "PARAMS", "Inputs", "Outputs", "run"]
 
 PARAMS = ("captions", "data.max_pixels")
 CACHE_NAME = ".caption_cache.sqlite"  # in the folder of Outputs.captions
+_CSV_CHUNK = 8192  # manifest rows written to captions.csv at a time
 COLUMNS = ("sha256", "path", "backend", "model", "revision", "caption")
 
 # (images, their rows of validate's per-image table) -> captions, one batch at a time.
@@ -75,39 +76,53 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     first = manifest.drop_duplicates("sha256").set_index("sha256")
 
     with CaptionCache(outputs.captions.parent / CACHE_NAME) as cache:
-        captions = cache.get_many(first.index, key)
-        n_cached = len(captions)
+        n_cached = cache.count(first.index, key)
         if n_cached < len(first):
             key, n_cached = _fill_cache(
                 cache, key, first, inputs.data, cfg.captions, cfg.data.max_pixels
             )
-            # Read back what was stored: the CSV always comes from the cache, as a resumed run's.
-            captions = cache.get_many(first.index, key)
-
-    table = manifest[["sha256", "path"]].assign(
-        backend=key.backend,
-        model=key.model_id,
-        revision=key.revision,
-        caption=manifest["sha256"].map(captions),
-    )
-    with atomic_path(outputs.captions) as tmp:
-        table.loc[:, list(COLUMNS)].to_csv(tmp, index=False)
-    write_gallery(
-        table.assign(label=manifest["label"]),
-        outputs.gallery,
-        data_root=inputs.data,
-        per_class=cfg.captions.gallery_per_class,
-        max_pixels=cfg.data.max_pixels,
-    )
+        n_unique = len(first)
+        del first
+        # The CSV always comes from the cache, as a resumed run's, a chunk of rows at a time:
+        # every caption in memory at once held kilobytes per tile.
+        with atomic_path(outputs.captions) as tmp, tmp.open("w", newline="") as out:
+            for start in range(0, max(len(manifest), 1), _CSV_CHUNK):
+                rows = manifest.iloc[start : start + _CSV_CHUNK]
+                _with_captions(rows, cache, key).to_csv(out, header=start == 0, index=False)
+        write_gallery(
+            manifest[["sha256", "path", "label"]].assign(backend=key.backend, model=key.model_id),
+            outputs.gallery,
+            data_root=inputs.data,
+            per_class=cfg.captions.gallery_per_class,
+            max_pixels=cfg.data.max_pixels,
+            captions=lambda shown: _with_captions(shown, cache, key)["caption"],
+        )
     return {
         "n_images": len(manifest),
-        "n_unique": len(first),
+        "n_unique": n_unique,
         "n_cached": n_cached,
-        "n_new": len(first) - n_cached,
+        "n_new": n_unique - n_cached,
         "backend": key.backend,
         "model": key.model_id,
         "seconds": round(time.perf_counter() - started, 3),
     }
+
+
+def _with_captions(rows: pd.DataFrame, cache: CaptionCache, key: CacheKey) -> pd.DataFrame:
+    """``rows`` (manifest rows) as ``captions.csv`` rows, their captions read from the cache."""
+    found = cache.get_many(rows["sha256"], key)
+    missing = sorted(set(rows["sha256"]) - set(found))
+    if missing:  # the cache was filled just before: another process changed it meanwhile
+        raise RuntimeError(
+            f"the caption cache lost {len(missing)} caption(s) it had just stored (first: "
+            f"{missing[0]}); was it edited by another run? Run the stage again"
+        )
+    return rows[["sha256", "path"]].assign(
+        backend=key.backend,
+        model=key.model_id,
+        revision=key.revision,
+        caption=rows["sha256"].map(found),
+    )[list(COLUMNS)]
 
 
 def _fill_cache(
@@ -127,8 +142,9 @@ def _fill_cache(
         and how many of the images were already cached under it.
     """
     caption_batch, key = _load_captioner(captions, key)
-    cached = cache.get_many(first.index, key)  # again: the key may have changed
-    missing = first[~first.index.isin(list(cached))]
+    cached = cache.cached(first.index, key)  # again: the key may have changed
+    missing = first[~first.index.isin(cached)]
+    del cached
     shas, size = list(missing.index), captions.batch_size
     with tqdm(total=len(shas), desc=f"captions ({key.backend})", unit="img") as bar:
         for start in range(0, len(shas), size):
@@ -143,7 +159,7 @@ def _fill_cache(
                 )
             cache.put_many(dict(zip(shas[start : start + size], texts, strict=True)), key)
             bar.update(len(images))
-    return key, len(cached)
+    return key, len(first) - len(missing)
 
 
 def _load_captioner(captions: CaptionsConfig, key: CacheKey) -> tuple[_BatchCaptioner, CacheKey]:
