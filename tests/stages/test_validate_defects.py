@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageFilter
 
+from histoflow.data.manifest import printable_path
 from histoflow.stages import get_stage
 from histoflow.stages.validate import ContractViolation
 
@@ -346,6 +347,12 @@ def test_a_file_name_that_is_not_utf8_is_named_and_the_rest_validated(
     assert results["n_images"] == 49
     cache = pd.read_parquet(tmp_path / "out" / ".qc_cache.parquet")
     assert len(cache) == 48 and cache["readable"].all()  # every other file measured and cached
+
+
+def test_printable_names_are_kept_as_they_are_and_others_escaped():
+    name = "".join(["stroma/", "café.png"])  # built at run time: not a shared constant
+    assert printable_path(name) is name  # the same object: no copy per row of a table
+    assert printable_path(os.fsdecode(b"stroma/caf\xe9.png")) == "stroma/caf\\xe9.png"
 
 
 def test_train_only_data_gets_val_and_test_carved_and_says_so(tiny_data, tiny_params, tmp_path):
