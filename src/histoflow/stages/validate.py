@@ -86,6 +86,9 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         ContractViolation: when any check at level ``error`` fails. The report is written
             first; the manifest is not, so the last good manifest stays in place.
     """
+    from histoflow.memory import return_freed_memory
+
+    return_freed_memory()  # the table is copied a few times on the way: drop each copy's pages
     # Great Expectations and the QC libraries load here, not at import: flows read Outputs.
     # They load after the source is read, so a wrong or empty data folder fails in a second.
     from histoflow.data.ingest.sources import (
@@ -127,6 +130,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     ).assign(patient_id=source["patient_id"].to_numpy())
     origin = split_origin(source["split"], table["split"])
     table = pd.concat([table.reset_index(drop=True), qc.reset_index(drop=True)], axis=1)
+    del source, qc  # the table holds what they held; kept, they were a copy per tile
     # A file (or folder) name that is not UTF-8 is escaped for the report and the manifest;
     # the file's QC row says it is unreadable, and why.
     for column in ("path", "label", "patient_id"):
@@ -136,7 +140,8 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         table, cfg.validate.deduplicate, cfg.validate.near_duplicate_distance
     )
     removed = table[table["path"].isin(dropped)].assign(reason=lambda t: t["path"].map(dropped))
-    table = table[~table["path"].isin(dropped)].reset_index(drop=True)
+    if dropped:  # a filtered copy only when something goes
+        table = table[~table["path"].isin(dropped)].reset_index(drop=True)
     classes = list(cfg.data.classes) if cfg.data.classes else sorted(table["label"].unique())
     result = check_contract(
         table,
@@ -170,7 +175,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
             f"{_what_to_do([v.check for v in result.errors if v.check in _CHECK_NAMES])}\n"
             f"Full report: {report}"
         )
-    kept = table[~table["path"].isin(excluded)]
+    kept = table[~table["path"].isin(excluded)] if excluded else table
     _check_exclusion_leaves_every_split(kept, classes, cfg, report)
     with atomic_path(outputs.manifest) as tmp:
         kept.to_parquet(tmp, index=False)

@@ -97,6 +97,27 @@ def test_unlisted_images_only_with_a_manifest(tmp_path):
     assert unlisted_images(tmp_path, read_source(tmp_path)["path"]) == ["b/2.png"]
 
 
+def test_images_are_found_in_rglob_order_without_hidden_files_or_linked_folders(tmp_path):
+    # A file beside a folder of the same stem, names sorting differently as whole paths
+    # than folder by folder, hidden entries, a non-image, and a link to a folder.
+    for rel in ("a/b.png", "a/b/c.png", "a-b.png", "a/B.TIF", "z/1.jpg", "a/.h.png",
+                ".hidden/x.png", "a/notes.txt"):  # fmt: skip
+        _image(tmp_path / rel) if rel.endswith(("png", "jpg", "TIF")) else None
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    (tmp_path / "link").symlink_to(tmp_path / "z", target_is_directory=True)
+    (tmp_path / "y.png").symlink_to(tmp_path / "z" / "1.jpg")  # a link to a file counts
+    expected = [
+        f.relative_to(tmp_path).as_posix()
+        for f in sorted(tmp_path.rglob("*"))
+        if f.is_file()
+        and f.suffix.lower() in {".png", ".jpg", ".tif"}
+        and not any(part.startswith(".") for part in f.relative_to(tmp_path).parts)
+    ]
+    (tmp_path / "manifest.csv").write_text("path,label\n")
+    assert unlisted_images(tmp_path, []) == expected
+    assert expected == ["a/B.TIF", "a/b/c.png", "a/b.png", "a-b.png", "y.png", "z/1.jpg"]
+
+
 def test_csv_manifest_paths_relative_to_csv(tmp_path):
     _image(tmp_path / "imgs" / "x.png")
     _image(tmp_path / "imgs" / "y.png")

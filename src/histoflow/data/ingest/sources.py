@@ -13,6 +13,7 @@ With a manifest, :func:`unlisted_images` finds the images on disk that it does n
 
 from __future__ import annotations
 
+import os
 import posixpath
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -211,13 +212,27 @@ def unlisted_images(root: Path, listed: Iterable[str], manifest: str = "manifest
 
 
 def _image_files(root: Path) -> Iterator[str]:
-    """POSIX paths relative to ``root`` of its image files, hidden files and folders skipped."""
-    for file in sorted(root.rglob("*")):
-        if not file.is_file() or file.suffix.lower() not in IMAGE_SUFFIXES:
+    """POSIX paths relative to ``root`` of its image files, hidden files and folders skipped.
+
+    In sorted order, folder by folder (the order of ``sorted(root.rglob("*"))``), as strings
+    from ``os.scandir``: a ``Path`` per file held ~0.4 KB per tile after the scan.
+    """
+    yield from _walk(os.fspath(root), "")
+
+
+def _walk(folder: str, prefix: str) -> Iterator[str]:
+    try:
+        with os.scandir(folder) as found:
+            entries = sorted(found, key=lambda entry: entry.name)
+    except PermissionError:  # as rglob: a folder that cannot be listed holds nothing
+        return
+    for entry in entries:
+        if entry.name.startswith("."):
             continue
-        rel = file.relative_to(root)
-        if not any(part.startswith(".") for part in rel.parts):
-            yield rel.as_posix()
+        if entry.is_dir(follow_symlinks=False):  # as rglob: links to folders not followed
+            yield from _walk(entry.path, f"{prefix}{entry.name}/")
+        elif os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES and entry.is_file():
+            yield prefix + entry.name
 
 
 def _scan_folder(root: Path) -> pd.DataFrame:
