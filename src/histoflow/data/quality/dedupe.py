@@ -40,13 +40,13 @@ def cross_split_copies(
     frame = table.reset_index(drop=True)
     rank = frame["split"].map({s: i for i, s in enumerate(SPLITS)}).fillna(len(SPLITS))
     rank = rank.to_numpy(dtype=int)
-    usable = frame["readable"].fillna(False).astype(bool).to_numpy()
     sha = frame["sha256"].fillna("").astype(str).to_numpy()
-    usable &= sha != ""
+    # Not in place: under copy-on-write (validate's) to_numpy() gives a read-only view.
+    usable = frame["readable"].fillna(False).astype(bool).to_numpy() & (sha != "")
 
     drop: dict[str, str] = {}
     # Exact: within each sha256 group, keep the rows of the earliest split present.
-    for _, rows in frame[usable].groupby(sha[usable]).groups.items():
+    for _, rows in frame.loc[usable, "path"].groupby(sha[usable]).groups.items():
         rows = np.asarray(rows)
         first = rank[rows].min()
         keeper = frame.at[rows[rank[rows] == first][0], "path"]

@@ -52,8 +52,7 @@ def class_montage(
         limit: Most tiles; evenly spaced over the class's rows when it has more.
         max_pixels: An image with more pixels is left out, undecoded.
     """
-    paths = table.loc[(table["label"] == label) & _readable(table)]
-    paths = paths["path"].dropna().tolist()
+    paths = table.loc[(table["label"] == label) & _readable(table), "path"].dropna().tolist()
     if len(paths) > limit:  # evenly spaced rather than the first few: more sites and patients
         paths = [paths[i] for i in np.linspace(0, len(paths) - 1, limit).round().astype(int)]
     tiles = [t for t in (_tile(root / p, max_pixels) for p in paths) if t is not None]
@@ -97,7 +96,7 @@ def feature_histograms(table: pd.DataFrame) -> bytes | None:
     features = [f for f in HISTOGRAM_FEATURES if f in table]
     if not features:
         return None
-    readable = table[_readable(table)]
+    readable = table.loc[_readable(table), [*features, "split"]]  # not every column's copy
     splits = [*SPLITS, *sorted(set(readable["split"].dropna()) - set(SPLITS))]
     fig = Figure(figsize=(12, 6.5), layout="constrained")
     axes = fig.subplots(2, 3).ravel()

@@ -27,7 +27,7 @@ from histoflow.data.quality.features import (
     read_bytes,
     unopenable_row,
 )
-from histoflow.io import atomic_path
+from histoflow.io import write_parquet
 
 __all__ = ["feature_table"]
 
@@ -214,11 +214,15 @@ def _read_cache(path: Path) -> tuple[dict[str, dict], dict[str, tuple]]:
 
 
 def _write_cache(path: Path, table: pd.DataFrame, mtimes: list[int | None]) -> None:
-    cached = table.assign(**{_CACHE_KEY: pd.array(mtimes, dtype="Int64")})
-    cached = cached.drop_duplicates("path", keep="last")
-    cached = cached[cached["path"].map(is_text_path)]  # parquet stores text; the row says why
+    # Copy-on-write: the cached rows share the table's columns (copies of it were ~0.4 KB per
+    # tile at 100,000 tiles), and the file is written a slice at a time.
+    with pd.option_context("mode.copy_on_write", True):
+        cached = table.assign(**{_CACHE_KEY: pd.array(mtimes, dtype="Int64")})
+        keep = ~cached["path"].duplicated(keep="last")
+        keep &= cached["path"].map(is_text_path)  # parquet stores text; the row says why
+        if not keep.all():
+            cached = cached[keep]
     try:
-        with atomic_path(path) as tmp:
-            cached.to_parquet(tmp, index=False)
+        write_parquet(cached, path)
     except OSError as exc:  # the table is already measured; a later run just recomputes
         warnings.warn(f"could not write the QC cache {path}: {exc}", stacklevel=3)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 
 import great_expectations as gx
@@ -38,6 +39,9 @@ _RESULT_KEYS = frozenset(
         "observed_value",
     }
 )
+# Columns of the rules' row conditions (rules.py): given to each column's batch.
+_CONDITION_COLUMNS = ("readable", "split")
+_COUNTS = ("evaluated_expectations", "successful_expectations", "unsuccessful_expectations")
 
 
 def run_rules(frame: pd.DataFrame, rules: list[Rule], levels: dict[str, str]) -> ContractResult:
@@ -50,10 +54,10 @@ def run_rules(frame: pd.DataFrame, rules: list[Rule], levels: dict[str, str]) ->
         levels: Level of each enabled check; a check not in it (``schema``) is an error.
     """
     with _quiet():
-        validation = _validate(frame, rules)
+        results, statistics = _validate(frame, rules)
 
     violations, expectations = [], []
-    for res in validation.results:
+    for res in results:
         config = res.expectation_config
         rule = rules[config.meta["rule"]]
         level = levels.get(rule.check, "error")
@@ -76,7 +80,7 @@ def run_rules(frame: pd.DataFrame, rules: list[Rule], levels: dict[str, str]) ->
         violations.append(Violation(rule.check, level, config.type, column, message, paths))
     return ContractResult(
         violations=tuple(violations),
-        statistics=dict(validation.statistics),
+        statistics=statistics,
         expectations=tuple(expectations),
     )
 
@@ -88,7 +92,14 @@ def _paths(frame: pd.DataFrame, rows: list[int]) -> tuple[str, ...]:
     )
 
 
-def _validate(frame: pd.DataFrame, rules: list[Rule]):
+def _validate(frame: pd.DataFrame, rules: list[Rule]) -> tuple[list, dict]:
+    """GX's result of each rule, in rule order, and the statistics of the whole suite.
+
+    Every expectation reads one column (and the row conditions' ``readable`` and ``split``),
+    so the rules run per column, each on a frame of those columns: GX copies the frame it
+    validates, and the whole table cost ~0.5 KB per tile at 100,000 tiles. The results and
+    row positions are those of one suite over the whole table.
+    """
     config = DataContextConfig(
         store_backend_defaults=InMemoryStoreBackendDefaults(),
         progress_bars=ProgressBarsConfig(globally=False),
@@ -97,17 +108,33 @@ def _validate(frame: pd.DataFrame, rules: list[Rule]):
     # In memory only: no gx/ folder, no data docs. It also becomes GX's "current project",
     # which a suite needs before expectations can be added to it.
     context = gx.get_context(mode="ephemeral", project_config=config)
-    suite = gx.ExpectationSuite(name="histoflow_data_contract")
+    asset = context.data_sources.add_pandas("histoflow").add_dataframe_asset("images")
+    by_column: dict[str, list[int]] = {}
     for index, rule in enumerate(rules):
         # The rule's position travels with the result, so each failure finds its message.
         rule.expectation.meta = {"rule": index}
-        suite.add_expectation(rule.expectation)
-    asset = context.data_sources.add_pandas("histoflow").add_dataframe_asset("images")
-    batch = asset.add_batch_definition_whole_dataframe("all").get_batch(
-        batch_parameters={"dataframe": frame}
-    )
-    # COMPLETE: the full unexpected_index_list (row positions), not a 20-row sample.
-    return batch.validate(suite, result_format={"result_format": "COMPLETE"})
+        by_column.setdefault(rule.expectation.column, []).append(index)
+    results, counts = [], Counter()
+    for n, (column, indices) in enumerate(by_column.items()):
+        suite = gx.ExpectationSuite(name=f"histoflow_data_contract_{n}")
+        for index in indices:
+            suite.add_expectation(rules[index].expectation)
+        read = [column, *(c for c in _CONDITION_COLUMNS if c != column and c in frame)]
+        batch = asset.add_batch_definition_whole_dataframe(f"column {n}").get_batch(
+            batch_parameters={"dataframe": frame[read]}
+        )
+        # COMPLETE: the full unexpected_index_list (row positions), not a 20-row sample.
+        validation = batch.validate(suite, result_format={"result_format": "COMPLETE"})
+        results += validation.results
+        counts.update({k: validation.statistics[k] for k in _COUNTS})
+    evaluated = counts["evaluated_expectations"]
+    statistics = {
+        **{k: counts[k] for k in _COUNTS},
+        "success_percent": 100 * counts["successful_expectations"] / evaluated
+        if evaluated
+        else None,
+    }
+    return sorted(results, key=lambda res: res.expectation_config.meta["rule"]), statistics
 
 
 @contextlib.contextmanager
