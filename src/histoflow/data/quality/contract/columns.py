@@ -96,7 +96,15 @@ def derive_columns(
         return _derive(table, cfg, classes, levels, root=root, n_unlisted=n_unlisted)
 
 
-def _derive(table, cfg, classes, levels, *, root, n_unlisted):
+def _derive(
+    table: pd.DataFrame,
+    cfg: ValidateConfig,
+    classes: Sequence[str],
+    levels: dict[str, str],
+    *,
+    root: Path | None,
+    n_unlisted: int,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     # First, while only the table is held: the search's arrays are ~0.25 KB per tile.
     near = pd.DataFrame({"i": [], "j": [], "distance": []}, dtype=int)
     if "near_duplicate_across_splits" in levels:
