@@ -59,16 +59,28 @@ def write_gallery(
         data_root: Folder the paths in ``table`` are relative to.
         per_class: Tiles shown per class (fewer when a class has fewer images).
         max_pixels: Most pixels an image may have (checked before decoding).
-        captions: The captions of the rows shown (a few per class), when ``table`` has no
-            ``caption`` column: a large table need not hold every caption.
+        captions: The captions of the rows shown (a few per class, all classes in one call,
+            in the page's order), when ``table`` has no ``caption`` column: a large table need
+            not hold every caption. The rows keep ``table``'s index.
 
     Returns:
         Path of the written page.
     """
-    sections = [
-        _section(str(label), rows, Path(data_root), per_class, max_pixels, captions)
+    groups = [
+        (str(label), len(rows), _pick(rows, per_class))
         for label, rows in table.groupby("label", sort=True)
     ]
+    texts: list[str] = []
+    if groups:  # the captions of every tile shown in one look-up, however many classes
+        shown = pd.concat([picked for _, _, picked in groups])
+        texts = list(shown["caption"] if captions is None else captions(shown))
+    sections, start = [], 0
+    for label, n_rows, picked in groups:
+        end = start + len(picked)
+        sections.append(
+            _section(label, n_rows, picked, texts[start:end], Path(data_root), max_pixels)
+        )
+        start = end
     page = "\n".join(
         [
             "<!DOCTYPE html>",
@@ -98,24 +110,27 @@ def _describe(table: pd.DataFrame, per_class: int) -> str:
     )
 
 
+def _pick(rows: pd.DataFrame, per_class: int) -> pd.DataFrame:
+    """The ``per_class`` rows of one class shown: spread evenly over its rows sorted by path."""
+    rows = rows.sort_values("path", kind="stable")
+    return rows.iloc[_spread(len(rows), per_class)]
+
+
 def _section(
     label: str,
-    rows: pd.DataFrame,
+    n_rows: int,
+    shown: pd.DataFrame,
+    texts: Sequence[str],
     data_root: Path,
-    per_class: int,
     max_pixels: int,
-    captions: Callable[[pd.DataFrame], Sequence[str]] | None,
 ) -> str:
-    rows = rows.sort_values("path", kind="stable")
-    shown = rows.iloc[_spread(len(rows), per_class)]
-    texts = shown["caption"] if captions is None else captions(shown)
     figures = [
         _figure(data_root / path, path, caption, max_pixels)
         for path, caption in zip(shown["path"], texts, strict=True)
     ]
     return "\n".join(
         [
-            f"<h2>{html.escape(label)} <small>({len(rows)} images)</small></h2>",
+            f"<h2>{html.escape(label)} <small>({n_rows} images)</small></h2>",
             '<div class="grid">',
             *figures,
             "</div>",
