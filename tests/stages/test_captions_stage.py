@@ -30,11 +30,11 @@ import pickle, sys, time
 from histoflow.captions.morphology import MorphologyCaptioner
 from histoflow.stages import captions as stage
 
-_caption = MorphologyCaptioner.__call__
-def _slow(self, image):
+_caption = MorphologyCaptioner.caption  # what the stage calls, once per image
+def _slow(self, image, qc=None):
     time.sleep(0.1)
-    return _caption(self, image)
-MorphologyCaptioner.__call__ = _slow
+    return _caption(self, image, qc=qc)
+MorphologyCaptioner.caption = _slow
 with open(sys.argv[1], "rb") as fh:
     stage.run(*pickle.load(fh))
 """
