@@ -7,18 +7,27 @@ it, and the CSV tables derived from it (captions, the feature index, predictions
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["SPLITS", "class_names", "is_text_path", "printable_path", "read_manifest"]
+__all__ = [
+    "SPLITS",
+    "class_names",
+    "is_text_path",
+    "manifest_batches",
+    "printable_path",
+    "read_manifest",
+]
 
 # The splits every dataset ends up with, in the order images are kept in when deduplicating.
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
-def read_manifest(path: Path, columns: Collection[str] | None = None) -> pd.DataFrame:
+def read_manifest(
+    path: Path, columns: Collection[str] | None = None, *, arrow_strings: bool = False
+) -> pd.DataFrame:
     """Read a table passed between stages: the validated manifest (parquet) or a CSV output.
 
     Args:
@@ -26,22 +35,26 @@ def read_manifest(path: Path, columns: Collection[str] | None = None) -> pd.Data
         columns: read only these columns (those the table has); None = all. A stage that
             needs a few columns of a per-tile table then holds only those (a caption is
             hundreds of bytes per tile).
+        arrow_strings: parquet only: every column Arrow-backed (``pd.ArrowDtype``), so text is
+            its bytes, not a Python object per value (~60 bytes less per value).
 
     Raises:
         FileNotFoundError: the file does not exist (the stage that writes it has not run).
     """
-    if not Path(path).is_file():
-        raise FileNotFoundError(
-            f"{path} not found: run `histoflow stage validate` (or `dvc repro`) first"
-        )
+    _require(path)
     wanted = None if columns is None else set(columns)
     if Path(path).suffix == ".parquet":
-        if wanted is None:
-            return pd.read_parquet(path)
         import pyarrow.parquet as pq
 
         names = pq.read_schema(path).names
-        return pd.read_parquet(path, columns=[c for c in names if c in wanted])
+        picked = names if wanted is None else [c for c in names if c in wanted]
+        if not arrow_strings:
+            return pd.read_parquet(path, columns=picked)
+        import pyarrow as pa
+
+        frame = pq.read_table(path, columns=picked).to_pandas(types_mapper=pd.ArrowDtype)
+        pa.default_memory_pool().release_unused()  # see manifest_batches
+        return frame
     return pd.read_csv(
         path,
         dtype={"path": str, "label": str, "split": str, "patient_id": str, "sha256": str},
@@ -49,6 +62,35 @@ def read_manifest(path: Path, columns: Collection[str] | None = None) -> pd.Data
         na_values=[""],
         usecols=None if wanted is None else (lambda c: c in wanted),
     )
+
+
+def manifest_batches(path: Path, columns: Collection[str], rows: int) -> Iterator[pd.DataFrame]:
+    """The validated manifest ``rows`` rows at a time (the last fewer), only ``columns`` it has.
+
+    A stage that passes over every tile holds one batch, not the table: read whole, a
+    manifest's text columns are a Python object per value (~1 KB per tile for captions').
+
+    Raises:
+        FileNotFoundError: the file does not exist (validate has not run).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _require(path)
+    file = pq.ParquetFile(path)
+    names = [name for name in file.schema_arrow.names if name in columns]
+    for batch in file.iter_batches(rows, columns=names):
+        yield batch.to_pandas()
+    # Arrow's allocator keeps the pages a pass freed: give them back for the next pass to use
+    # (without this the captions stage's peak at 100,000 tiles was 15 MB higher).
+    pa.default_memory_pool().release_unused()
+
+
+def _require(path: Path) -> None:
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"{path} not found: run `histoflow stage validate` (or `dvc repro`) first"
+        )
 
 
 def class_names(manifest: pd.DataFrame) -> list[str]:

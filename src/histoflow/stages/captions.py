@@ -28,6 +28,7 @@ from histoflow.captions.cache import CacheKey, CaptionCache, key_for
 from histoflow.captions.gallery import write_gallery
 from histoflow.config import CaptionsConfig, Params
 from histoflow.data.images import load_rgb
+from histoflow.data.manifest import manifest_batches, read_manifest
 from histoflow.io import atomic_path
 
 __all__ = ["CACHE_NAME", "COLUMNS", "PARAMS", "Inputs", "Outputs", "run"]
@@ -73,10 +74,6 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         ``seconds``.
     """
     started = time.perf_counter()
-    if not Path(inputs.manifest).is_file():
-        raise FileNotFoundError(
-            f"{inputs.manifest} not found: run `histoflow stage validate` (or `dvc repro`) first"
-        )
     key = key_for(cfg.captions)
     with CaptionCache(outputs.captions.parent / CACHE_NAME) as cache:
         n_unique, n_cached = 0, 0
@@ -91,7 +88,7 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
         # The gallery sorts every path of a class: paths and labels as Arrow strings (bytes,
         # not Python objects); the sha256s only of the tiles shown (their index is their row).
         write_gallery(
-            _read_arrow(inputs.manifest, ("path", "label")).assign(
+            read_manifest(inputs.manifest, ("path", "label"), arrow_strings=True).assign(
                 backend=key.backend, model=key.model_id
             ),
             outputs.gallery,
@@ -113,20 +110,6 @@ def run(cfg: Params, inputs: Inputs, outputs: Outputs) -> dict:
     }
 
 
-def _batches(manifest: Path, columns: Collection[str], size: int) -> Iterator[pd.DataFrame]:
-    """The manifest's rows ``size`` at a time (or fewer), only those of ``columns`` it has."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    file = pq.ParquetFile(manifest)
-    names = [name for name in file.schema_arrow.names if name in columns]
-    for batch in file.iter_batches(size, columns=names):
-        yield batch.to_pandas()
-    # Arrow's allocator keeps the pages a pass freed: give them back for the next pass to use
-    # (without this the stage's peak at 100,000 tiles was 15 MB higher).
-    pa.default_memory_pool().release_unused()
-
-
 def _first_rows(manifest: Path, columns: Collection[str]) -> Iterator[pd.DataFrame]:
     """The manifest's rows a batch at a time, only the first row of each distinct sha256.
 
@@ -134,7 +117,7 @@ def _first_rows(manifest: Path, columns: Collection[str]) -> Iterator[pd.DataFra
     thing here that grows with the manifest.
     """
     seen: set[bytes] = set()
-    for rows in _batches(manifest, {"sha256", *columns}, _BATCH_ROWS):
+    for rows in manifest_batches(manifest, {"sha256", *columns}, _BATCH_ROWS):
         first = []
         for row, digest in enumerate(map(bytes.fromhex, rows["sha256"])):
             if digest not in seen:
@@ -146,22 +129,11 @@ def _first_rows(manifest: Path, columns: Collection[str]) -> Iterator[pd.DataFra
 def _take(manifest: Path, rows: pd.Index, columns: Collection[str]) -> pd.DataFrame:
     """The manifest's rows at positions ``rows``, in that order, read a batch at a time."""
     found, start = [], 0
-    for batch in _batches(manifest, columns, _CSV_CHUNK):
+    for batch in manifest_batches(manifest, columns, _CSV_CHUNK):
         inside = rows[(rows >= start) & (rows < start + len(batch))]
         found.append(batch.iloc[inside - start].set_axis(inside))
         start += len(batch)
     return pd.concat(found).loc[rows]
-
-
-def _read_arrow(manifest: Path, columns: Collection[str]) -> pd.DataFrame:
-    """The manifest's ``columns`` whole, as Arrow-backed strings (bytes, not Python objects)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    names = [name for name in pq.read_schema(manifest).names if name in columns]
-    table = pq.read_table(manifest, columns=names).to_pandas(types_mapper=pd.ArrowDtype)
-    pa.default_memory_pool().release_unused()  # as in _batches
-    return table
 
 
 def _write_csv(manifest: Path, path: Path, cache: CaptionCache, key: CacheKey) -> int:
@@ -175,7 +147,7 @@ def _write_csv(manifest: Path, path: Path, cache: CaptionCache, key: CacheKey) -
     n_rows = 0
     with atomic_path(path) as tmp, tmp.open("w", newline="") as out:
         pd.DataFrame(columns=list(COLUMNS)).to_csv(out, index=False)  # the header, even if empty
-        for rows in _batches(manifest, ("sha256", "path"), _CSV_CHUNK):
+        for rows in manifest_batches(manifest, ("sha256", "path"), _CSV_CHUNK):
             _with_captions(rows, cache, key).to_csv(out, header=False, index=False)
             n_rows += len(rows)
     return n_rows
