@@ -124,6 +124,9 @@ class PeakMemory:
 
     def __init__(self, pid: int | None = None) -> None:
         self.peak_mib = 0.0
+        # Each process's own high-water mark (the kernel's VmHWM, read at every sample: exact
+        # unless a process peaks in its last 100 ms), by pid; the root's under its own key.
+        self.hwm_mib: dict[int, float] = {}
         self._pid = os.getpid() if pid is None else pid
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._sample_until_done, daemon=True)
@@ -151,7 +154,31 @@ class PeakMemory:
         for p in procs:
             with contextlib.suppress(psutil.Error):  # exited meanwhile
                 total += p.memory_info().rss
+            hwm = _high_water_mib(p.pid)
+            if hwm is not None:
+                self.hwm_mib[p.pid] = max(self.hwm_mib.get(p.pid, 0.0), hwm)
         self.peak_mib = max(self.peak_mib, total / 2**20)
+
+    @property
+    def root_peak_mib(self) -> float:
+        """The root process's own peak (for ``dvc repro``: dvc's, hashing deps and outputs)."""
+        return self.hwm_mib.get(self._pid, 0.0)
+
+    @property
+    def descendants_peak_mib(self) -> float:
+        """The largest peak of any process the root started (for ``dvc repro``: the stage's)."""
+        return max((v for pid, v in self.hwm_mib.items() if pid != self._pid), default=0.0)
+
+
+def _high_water_mib(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:  # exited meanwhile, or not Linux
+        return None
+    return None
 
 
 @dataclass(frozen=True)
@@ -168,6 +195,8 @@ class Measurement:
     peak_rss_mib: float
     tree_peak_mib: float
     output: str
+    root_peak_mib: float = 0.0  # the command's own process (PeakMemory.root_peak_mib)
+    children_peak_mib: float = 0.0  # its largest descendant (PeakMemory.descendants_peak_mib)
 
 
 def measure(cmd: list[str], cwd: Path) -> Measurement:
@@ -202,7 +231,14 @@ def measure(cmd: list[str], cwd: Path) -> Measurement:
         tail = "\n".join(output.splitlines()[-40:])
         raise RuntimeError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}) in {cwd}:\n{tail}")
     peak = usage.ru_maxrss / 1024  # KiB on Linux
-    return Measurement(seconds, round(peak, 1), round(max(tree.peak_mib, peak), 1), output)
+    return Measurement(
+        seconds,
+        round(peak, 1),
+        round(max(tree.peak_mib, peak), 1),
+        output,
+        round(tree.root_peak_mib, 1),
+        round(tree.descendants_peak_mib, 1),
+    )
 
 
 def combined(measurements: list[Measurement]) -> Measurement:
@@ -212,6 +248,8 @@ def combined(measurements: list[Measurement]) -> Measurement:
         peak_rss_mib=max(m.peak_rss_mib for m in measurements),
         tree_peak_mib=max(m.tree_peak_mib for m in measurements),
         output="".join(m.output for m in measurements),
+        root_peak_mib=max(m.root_peak_mib for m in measurements),
+        children_peak_mib=max(m.children_peak_mib for m in measurements),
     )
 
 

@@ -6,11 +6,14 @@ dataset (6 classes, 32 px) once at the largest size and hard-links the first til
 into one throw-away project per size, as ``pipeline_scale`` does, with its bench params
 (``SCALE_PARAMS``). Each project runs every ``dvc.yaml`` stage cold with ``dvc repro
 --single-item STAGE``; per stage it records the wall time, the time per tile, the peak
-resident memory of its largest process and of its whole process tree.
+resident memory of its largest process (dvc's included) and of its whole process tree, and
+apart the peak of the stage's own processes and of dvc's (each process's kernel high-water
+mark, sampled every 100 ms): dvc repro hashes the data folder's files in its own process,
+~3 KB per file, which is DVC's cost, not the stage's, and hid the stage's growth.
 
-Targets (issue #12): every stage's peak at the largest size within 1.3x of its peak at the
-smallest and under 4 GiB; time per tile at the largest size no worse than at the smallest;
-the whole largest run under 2 hours on the 2-core machine. ``HISTOFLOW_LARGE_SIZES`` (tiles,
+Targets (issue #12): every stage's peak (its own processes) at the largest size within 1.3x
+of its peak at the smallest, and every process under 4 GiB; time per tile at the largest size
+no worse than at the smallest; the whole largest run under 2 hours on the 2-core machine. ``HISTOFLOW_LARGE_SIZES`` (tiles,
 comma-separated, e.g. ``7680,15360``) measures other sizes; the largest is compared with the
 smallest. ``--quick`` runs the same code on 480 and 960 tiles.
 
@@ -51,6 +54,9 @@ _DISK = {  # figure name -> what is measured, relative to the project
     "DVC cache": (".dvc/cache",),
     "images": ("data",),
 }
+
+
+_STAGE_PEAK = " peak memory (stage, without dvc)"
 
 
 def _sizes(quick: bool) -> tuple[int, ...]:
@@ -126,8 +132,8 @@ def projection(figures: list[dict], to: tuple[int, ...] = PROJECT_TO) -> list[di
         if not what or not head.replace(",", "").isdigit():
             continue
         n, value = int(head.replace(",", "")), f["samples"][0]
-        if what.endswith(" peak memory (largest process)"):
-            peaks.setdefault(n, {})[what.removesuffix(" peak memory (largest process)")] = value
+        if what.endswith(_STAGE_PEAK):
+            peaks.setdefault(n, {})[what.removesuffix(_STAGE_PEAK)] = value
         elif what.startswith("disk, "):
             disk.setdefault(n, {})[what.removeprefix("disk, ")] = value
         elif f["unit"] == "s" and what != "whole pipeline":
@@ -200,6 +206,16 @@ def _figures(runs: dict[int, dict[str, Measurement]], generated_s: float, larges
                     "unit": "MiB",
                     "samples": [m.tree_peak_mib],
                 },
+                {
+                    "figure": f"{n:,} tiles: {stage} peak memory (stage, without dvc)",
+                    "unit": "MiB",
+                    "samples": [m.children_peak_mib],
+                },
+                {
+                    "figure": f"{n:,} tiles: {stage} peak memory (dvc)",
+                    "unit": "MiB",
+                    "samples": [m.root_peak_mib],
+                },
             ]
     for stage in runs[lo]:
         small, large = runs[lo][stage], runs[hi][stage]
@@ -207,8 +223,15 @@ def _figures(runs: dict[int, dict[str, Measurement]], generated_s: float, larges
             {
                 "figure": f"{hi:,} / {lo:,} tiles: {stage} peak memory",
                 "unit": "x",
-                "samples": [large.peak_rss_mib / small.peak_rss_mib],
+                "samples": [large.children_peak_mib / small.children_peak_mib],
                 "target": f"<= {MEMORY_GROWTH_TARGET}",
+                "notes": "the stage's processes, without dvc",
+            },
+            {
+                "figure": f"{hi:,} / {lo:,} tiles: {stage} peak memory (dvc)",
+                "unit": "x",
+                "samples": [large.root_peak_mib / small.root_peak_mib],
+                "notes": "dvc repro's own process: it hashes the data folder's files",
             },
             {
                 "figure": f"{hi:,} / {lo:,} tiles: {stage} time per tile",

@@ -185,9 +185,10 @@ def test_large_run_projection_extends_the_measured_line():
             fig(n, "whole pipeline", "s", 1e6),  # a total, not a stage
             fig(n, "embed", "s", 5 + 0.5 * n),  # a = 5 s, b = 0.5 s a tile
             fig(n, "embed per tile", "ms", 1.0),
-            fig(n, "embed peak memory (largest process)", "MiB", 1000 + 0.1 * (n - 100)),
+            fig(n, "embed peak memory (stage, without dvc)", "MiB", 1000 + 0.1 * (n - 100)),
+            fig(n, "embed peak memory (largest process)", "MiB", 9000 * n),  # dvc's: not used
             fig(n, "fusion", "s", 100.0 - 0.01 * n),  # faster per tile when larger: no slope
-            fig(n, "fusion peak memory (largest process)", "MiB", 100 + n),  # 4x: grows
+            fig(n, "fusion peak memory (stage, without dvc)", "MiB", 100 + n),  # 4x: grows
             fig(n, "disk, feature store", "MiB", 2.0 * n),
         ]
     got = {f["figure"]: f["samples"][0] for f in pipeline_large.projection(figures, to=(1000,))}
@@ -198,7 +199,18 @@ def test_large_run_projection_extends_the_measured_line():
     assert got["projected 1,000 tiles: fusion peak memory"] == pytest.approx(1100.0)  # its line
     assert got["projected 1,000 tiles: whole pipeline"] == pytest.approx(601.0)
     assert got["projected 1,000 tiles: disk, feature store"] == pytest.approx(2000.0)
-    assert pipeline_large.projection(figures[:8], to=(1000,)) == []  # one size: nothing
+    assert pipeline_large.projection(figures[:9], to=(1000,)) == []  # one size: nothing
+
+
+def test_measure_tells_the_stage_process_from_the_command_that_started_it(tmp_path):
+    """dvc repro's own memory (hashing the data folder) must not pass for the stage's."""
+    harness = importlib.import_module("_harness")
+    child = "import time; block = bytearray(300 * 2**20); time.sleep(0.5)"
+    parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}])"
+    m = harness.measure([sys.executable, "-c", parent], tmp_path)
+    assert m.children_peak_mib > 300  # the child's bytearray, from its high-water mark
+    assert m.root_peak_mib < 200  # the parent only waited
+    assert m.peak_rss_mib >= m.children_peak_mib  # wait4's: the largest of the tree
 
 
 def test_large_run_counts_hard_linked_files_once(tmp_path):
